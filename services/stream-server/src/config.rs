@@ -1,0 +1,247 @@
+//! Server configuration: built-in defaults, then an optional TOML file
+//! (`--config`), then `DS_*` environment variables, later layers winning.
+//!
+//! Environment names join the section and key with a double underscore:
+//! `DS_SERVER__PORT=8080` sets `port` in `[server]`. A value that does not
+//! parse stops startup with an error naming the key.
+
+use crate::storage::StorageMode;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command line of the `stream-server` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stream-server",
+    version,
+    about = "Durable Streams server: append-only byte streams over HTTP",
+    after_help = ENVIRONMENT_HELP
+)]
+pub struct Cli {
+    /// TOML file with settings; `DS_*` environment variables override it.
+    #[arg(long, value_name = "FILE", env = "DS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+const ENVIRONMENT_HELP: &str = "\
+Environment (defaults in brackets):
+  DS_SERVER__HOST                          address to listen on [127.0.0.1]
+  DS_SERVER__PORT                          port [4437]
+  DS_SERVER__LONG_POLL_TIMEOUT_SECS        long-poll wait before 204, fractions allowed [30]
+  DS_SERVER__SSE_RECONNECT_INTERVAL_SECS   SSE connections end after this long [60]
+  DS_SERVER__SHUTDOWN_GRACE_SECS           wait for in-flight requests on shutdown [10]
+  DS_HTTP__CORS_ORIGINS                    comma-separated allowed origins, or * [*]
+  DS_HTTP__STREAM_BASE_PATH                URL prefix of streams [/v1/stream]
+  DS_HTTP__MAX_READ_BYTES                  largest catch-up response body [1048576]
+  DS_LIMITS__MAX_REQUEST_BODY_BYTES        larger bodies get 413 [67108864]
+  DS_LIMITS__MAX_STREAM_BYTES              per-stream data limit, 0 = none [0]
+  DS_LIMITS__MAX_MEMORY_BYTES              total in-memory data limit, 0 = none [4294967296]
+  DS_LIMITS__MAX_PATH_BYTES                longest stream path [1024]
+  DS_LIMITS__MAX_PATH_SEGMENTS             most '/'-separated path segments [32]
+  DS_STORAGE__MODE                         storage engine: memory [memory]
+  DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
+  DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
+  RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
+
+/// Every setting of the server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    pub long_poll_timeout_secs: f64,
+    pub sse_reconnect_interval_secs: f64,
+    pub shutdown_grace_secs: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 4437,
+            long_poll_timeout_secs: 30.0,
+            sse_reconnect_interval_secs: 60.0,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    pub cors_origins: String,
+    pub stream_base_path: String,
+    pub max_read_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: "*".into(),
+            stream_base_path: "/v1/stream".into(),
+            max_read_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_request_body_bytes: usize,
+    pub max_stream_bytes: u64,
+    pub max_memory_bytes: u64,
+    pub max_path_bytes: usize,
+    pub max_path_segments: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_body_bytes: 64 * 1024 * 1024,
+            max_stream_bytes: 0,
+            max_memory_bytes: 4 * 1024 * 1024 * 1024,
+            max_path_bytes: 1024,
+            max_path_segments: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub mode: StorageMode,
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            mode: StorageMode::Memory,
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {key} {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Layers defaults, the optional TOML file and the `DS_*` environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("DS_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key, secs: f64| {
+            if secs.is_finite() && secs > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be a positive number of seconds, got {secs}"),
+                })
+            }
+        };
+        positive(
+            "server.long_poll_timeout_secs",
+            self.server.long_poll_timeout_secs,
+        )?;
+        positive(
+            "server.sse_reconnect_interval_secs",
+            self.server.sse_reconnect_interval_secs,
+        )?;
+        positive(
+            "server.shutdown_grace_secs",
+            self.server.shutdown_grace_secs,
+        )?;
+        let base = &self.http.stream_base_path;
+        if !base.starts_with('/') || base.ends_with('/') {
+            return Err(ConfigError::Invalid {
+                key: "http.stream_base_path",
+                reason: format!("must start with '/' and not end with one, got {base:?}"),
+            });
+        }
+        if self.http.max_read_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "http.max_read_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                reason: "cert_path and key_path must be set together".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn long_poll_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.long_poll_timeout_secs)
+    }
+
+    pub fn sse_reconnect_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.server.sse_reconnect_interval_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.server.shutdown_grace_secs)
+    }
+
+    /// Allowed CORS origins; `None` means any.
+    pub fn cors_origins(&self) -> Option<Vec<String>> {
+        let origins = self.http.cors_origins.trim();
+        if origins == "*" {
+            return None;
+        }
+        Some(
+            origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+}

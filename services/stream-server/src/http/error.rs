@@ -1,0 +1,153 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every refusal is an RFC 9457 `application/problem+json` body naming what
+//! was wrong, plus the protocol headers a client needs to react without
+//! parsing it (`Stream-Closed`, `Producer-Epoch`, ...).
+
+use crate::protocol::headers::{self, HeaderError};
+use crate::protocol::path::PathError;
+use crate::protocol::producer::ProducerRejection;
+use crate::streams::StreamError;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Status depends on the protocol rule that refused the request.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// 400: a header value does not parse.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// 400: a query parameter is missing, repeated or malformed.
+    #[error("invalid query: {0}")]
+    Query(String),
+    /// 400: the path cannot name a stream.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// 413: the body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 400: the body could not be read to the end.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// 405: the stream URL does not support this method.
+    #[error("method not allowed on a stream")]
+    MethodNotAllowed,
+    /// 404: nothing is served at this URL.
+    #[error("no such resource")]
+    NoRoute,
+}
+
+/// RFC 9457 problem details.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Stream(e) => stream_status(e),
+            ApiError::Header(_)
+            | ApiError::Query(_)
+            | ApiError::Path(_)
+            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoRoute => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// Protocol headers that accompany the refusal.
+    fn headers(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        let number = |n: u64| HeaderValue::from(n);
+        match self {
+            ApiError::Stream(StreamError::Closed { next }) => {
+                map.insert(headers::STREAM_CLOSED, HeaderValue::from_static("true"));
+                if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
+                    map.insert(headers::STREAM_NEXT_OFFSET, v);
+                }
+            }
+            ApiError::Stream(StreamError::Producer(ProducerRejection::StaleEpoch {
+                current,
+                ..
+            })) => {
+                map.insert(headers::PRODUCER_EPOCH, number(*current));
+            }
+            ApiError::Stream(StreamError::Producer(ProducerRejection::SequenceGap {
+                expected,
+                received,
+            })) => {
+                map.insert(headers::PRODUCER_EXPECTED_SEQ, number(*expected));
+                map.insert(headers::PRODUCER_RECEIVED_SEQ, number(*received));
+            }
+            ApiError::MethodNotAllowed => {
+                map.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
+                );
+            }
+            _ => {}
+        }
+        map
+    }
+}
+
+fn stream_status(error: &StreamError) -> StatusCode {
+    use StreamError as E;
+    match error {
+        E::NotFound | E::ForkSourceNotFound => StatusCode::NOT_FOUND,
+        E::Gone => StatusCode::GONE,
+        E::ConfigMismatch
+        | E::PathRetired
+        | E::Closed { .. }
+        | E::ContentTypeMismatch { .. }
+        | E::SequenceRegression { .. }
+        | E::ForkSourceGone => StatusCode::CONFLICT,
+        E::Producer(ProducerRejection::StaleEpoch { .. }) => StatusCode::FORBIDDEN,
+        E::Producer(ProducerRejection::SequenceGap { .. }) => StatusCode::CONFLICT,
+        E::Producer(ProducerRejection::EpochMustStartAtZero { .. })
+        | E::MissingContentType
+        | E::EmptyAppend
+        | E::Json(_)
+        | E::OffsetNotInStream { .. }
+        | E::ForkOffsetBeyondTail { .. }
+        | E::ForkSubOffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
+        E::StreamTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::OutOfMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request refused");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, self.headers(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

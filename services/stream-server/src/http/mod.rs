@@ -1,0 +1,148 @@
+//! The HTTP surface: application state, the router, and serving.
+//!
+//! * [`write`] — `PUT` (create, fork), `POST` (append, close), `DELETE`.
+//! * [`read`] — `GET` catch-up reads and `HEAD` metadata.
+//! * [`long_poll`] — `GET ?live=long-poll`.
+//! * [`sse`] — `GET ?live=sse`.
+//! * [`error`] — the one place errors become responses.
+
+pub mod error;
+mod long_poll;
+mod read;
+mod request;
+mod response;
+mod sse;
+mod write;
+
+use crate::config::Config;
+use crate::protocol::headers;
+use crate::protocol::path::PathLimits;
+use crate::shutdown::ShutdownToken;
+use crate::streams::Streams;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::routing::{any, get};
+use error::ApiError;
+use http::{HeaderName, HeaderValue, Method};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+/// Request-path settings derived from [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_path: String,
+    pub long_poll_timeout: Duration,
+    pub sse_reconnect_interval: Duration,
+    pub max_read_bytes: usize,
+    pub max_body_bytes: usize,
+    pub path_limits: PathLimits,
+    /// `https` when serving TLS; used to build absolute `Location` URLs.
+    pub scheme: &'static str,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            base_path: config.http.stream_base_path.clone(),
+            long_poll_timeout: config.long_poll_timeout(),
+            sse_reconnect_interval: config.sse_reconnect_interval(),
+            max_read_bytes: config.http.max_read_bytes,
+            max_body_bytes: config.limits.max_request_body_bytes,
+            path_limits: PathLimits {
+                max_bytes: config.limits.max_path_bytes,
+                max_segments: config.limits.max_path_segments,
+            },
+            scheme: if config.tls.cert_path.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub streams: Arc<Streams>,
+    pub settings: Arc<Settings>,
+    /// Cancelled on shutdown so live reads end promptly.
+    pub shutdown: ShutdownToken,
+}
+
+/// The complete application: stream routes, health checks, CORS and the
+/// security headers every response carries (§12.7).
+pub fn app(state: AppState, cors_origins: Option<Vec<String>>) -> Router {
+    let stream_routes = any(dispatch);
+    let base = state.settings.base_path.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route(&format!("{base}/{{*path}}"), stream_routes)
+        .fallback(|| async { ApiError::NoRoute })
+        .with_state(state)
+        .layer(cors(cors_origins))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("cross-origin"),
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                tracing::info_span!("request", method = %request.method(), route)
+            }),
+        )
+}
+
+/// Routes a stream URL by method; anything else is 405.
+async fn dispatch(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let result = match *request.method() {
+        Method::GET => read::get(state, request).await,
+        Method::HEAD => read::head(state, request),
+        Method::PUT => write::create(state, request).await,
+        Method::POST => write::append(state, request).await,
+        Method::DELETE => write::delete(state, request),
+        _ => Err(ApiError::MethodNotAllowed),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// CORS: preflights are answered for any stream URL, every protocol header
+/// may be sent, and every protocol header is readable by scripts.
+fn cors(origins: Option<Vec<String>>) -> CorsLayer {
+    let allow_origin = match origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(headers::ALLOWED)
+        .expose_headers(headers::EXPOSED)
+        .max_age(Duration::from_secs(86_400))
+}

@@ -1,0 +1,154 @@
+//! The read side: `GET` catch-up reads (§5.6) and `HEAD` metadata (§5.5).
+//! Live modes are dispatched from here to [`super::long_poll`] and
+//! [`super::sse`].
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{Live, ReadQuery, read_query, stream_path};
+use super::response::{TRUE, pieces_body, set_content_type, set_next_offset};
+use super::{long_poll, sse};
+use crate::protocol::headers;
+use crate::protocol::json;
+use crate::protocol::offset::{Offset, ReadFrom};
+use crate::streams::{ReadResult, Stream};
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use std::sync::Arc;
+
+/// Catch-up reads may be cached by CDNs (§10.1).
+pub const CACHEABLE: HeaderValue =
+    HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300");
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// `GET {stream-url}?offset=..[&live=..]`.
+pub async fn get(state: AppState, request: Request) -> Result<Response, ApiError> {
+    let path = stream_path(&state, request.uri())?;
+    let query = read_query(request.uri())?;
+    let stream = state.streams.get(&path, true)?;
+    match query.live {
+        Live::CatchUp => catch_up(&state, &stream, &query, request.headers()),
+        Live::LongPoll => long_poll::read(state, stream, query).await,
+        Live::Sse => sse::read(state, stream, query),
+    }
+}
+
+fn catch_up(
+    state: &AppState,
+    stream: &Stream,
+    query: &ReadQuery,
+    request_headers: &http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if query.from == ReadFrom::Now {
+        return Ok(now_response(stream));
+    }
+    let read = stream.read(start_of(stream, query.from), state.settings.max_read_bytes)?;
+    let etag = etag(&query.offset_text, &read);
+    if request_headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|sent| sent.as_bytes() == etag.as_bytes())
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag);
+        return Ok(response);
+    }
+    let mut response = data_response(stream, read, None);
+    let out = response.headers_mut();
+    out.insert(header::ETAG, etag);
+    out.insert(header::CACHE_CONTROL, CACHEABLE);
+    Ok(response)
+}
+
+/// Resolves the `offset` parameter to a concrete position.
+pub fn start_of(stream: &Stream, from: ReadFrom) -> Offset {
+    match from {
+        ReadFrom::Start => Offset::ZERO,
+        ReadFrom::Now => stream.state.lock().log.tail(),
+        ReadFrom::At(offset) => offset,
+    }
+}
+
+/// `ETag: "<offset as sent>:<next offset>"`, with `:c` once the read
+/// reaches the end of a closed stream, so closure is never hidden by a 304.
+pub fn etag(offset_text: &str, read: &ReadResult) -> HeaderValue {
+    let closed = if read.closed && read.up_to_date() {
+        ":c"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!("\"{offset_text}:{}{closed}\"", read.slice.next))
+        .unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// A `200 OK` carrying read data and the headers describing it; shared by
+/// catch-up and long-poll reads.
+pub fn data_response(stream: &Stream, read: ReadResult, cursor: Option<u64>) -> Response {
+    let up_to_date = read.up_to_date();
+    let closed = read.closed;
+    let next = read.slice.next;
+    let body = if stream.config.is_json() {
+        json::array_body(read.slice.data)
+    } else {
+        read.slice.data
+    };
+    let mut response = pieces_body(body).into_response();
+    let out = response.headers_mut();
+    set_content_type(out, &stream.config.content_type);
+    set_next_offset(out, next);
+    if up_to_date {
+        out.insert(headers::STREAM_UP_TO_DATE, TRUE);
+        if closed {
+            out.insert(headers::STREAM_CLOSED, TRUE);
+        }
+    }
+    if let Some(cursor) = cursor {
+        out.insert(headers::STREAM_CURSOR, HeaderValue::from(cursor));
+    }
+    response
+}
+
+/// `offset=now` without `live`: no data, the tail, never cached (§8).
+fn now_response(stream: &Stream) -> Response {
+    let (tail, closed) = {
+        let s = stream.state.lock();
+        (s.log.tail(), s.closed)
+    };
+    let body = if stream.config.is_json() { "[]" } else { "" };
+    let mut response = body.into_response();
+    let out = response.headers_mut();
+    set_content_type(out, &stream.config.content_type);
+    set_next_offset(out, tail);
+    out.insert(headers::STREAM_UP_TO_DATE, TRUE);
+    if closed {
+        out.insert(headers::STREAM_CLOSED, TRUE);
+    }
+    out.insert(header::CACHE_CONTROL, NO_STORE);
+    response
+}
+
+/// `HEAD {stream-url}`: metadata only; does not count as a read for TTLs.
+pub fn head(state: AppState, request: Request) -> Result<Response, ApiError> {
+    let path = stream_path(&state, request.uri())?;
+    let stream: Arc<Stream> = state.streams.get(&path, false)?;
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    set_content_type(out, &stream.config.content_type);
+    out.insert(header::CACHE_CONTROL, NO_STORE);
+    let s = stream.state.lock();
+    set_next_offset(out, s.log.tail());
+    if s.closed {
+        out.insert(headers::STREAM_CLOSED, TRUE);
+    }
+    match stream.config.expiry {
+        crate::streams::Expiry::Never => {}
+        crate::streams::Expiry::Ttl(secs) => {
+            out.insert(headers::STREAM_TTL, HeaderValue::from(secs));
+        }
+        crate::streams::Expiry::At(at) => {
+            if let Ok(v) = HeaderValue::from_str(&headers::format_timestamp(at)) {
+                out.insert(headers::STREAM_EXPIRES_AT, v);
+            }
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,161 @@
+//! Reading the parts of a request the handlers share: the stream path, the
+//! read query, the body (bounded), and a few headers.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::protocol::headers;
+use crate::protocol::offset::ReadFrom;
+use crate::protocol::path;
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::percent_decode_str;
+
+/// The validated stream path of a request URL, relative to the base path.
+pub fn stream_path(state: &AppState, uri: &Uri) -> Result<String, ApiError> {
+    let raw = uri
+        .path()
+        .strip_prefix(state.settings.base_path.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(ApiError::NoRoute)?;
+    decode_path(state, raw)
+}
+
+/// The registry path named by a `Stream-Forked-From` value: the source's URL
+/// path, or its path relative to the base path.
+pub fn fork_source_path(state: &AppState, value: &str) -> Result<String, ApiError> {
+    let base = state.settings.base_path.as_str();
+    let relative = value
+        .strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(value.trim_start_matches('/'));
+    decode_path(state, relative).map_err(|e| {
+        ApiError::Header(headers::HeaderError::new(
+            "Stream-Forked-From",
+            e.to_string(),
+        ))
+    })
+}
+
+fn decode_path(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::Query("stream path is not valid UTF-8".into()))?;
+    path::validate(&decoded, state.settings.path_limits)?;
+    Ok(decoded.into_owned())
+}
+
+/// Which read mode a `GET` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    CatchUp,
+    LongPoll,
+    Sse,
+}
+
+/// The query of a `GET`.
+#[derive(Debug)]
+pub struct ReadQuery {
+    pub from: ReadFrom,
+    /// The `offset` parameter as sent (`-1` when absent), for ETags.
+    pub offset_text: String,
+    pub live: Live,
+    pub cursor: Option<String>,
+}
+
+/// Parses `offset`, `live` and `cursor`; other parameters are ignored.
+pub fn read_query(uri: &Uri) -> Result<ReadQuery, ApiError> {
+    let mut offset = None;
+    let mut live = None;
+    let mut cursor = None;
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        let slot = match key.as_ref() {
+            "offset" => &mut offset,
+            "live" => &mut live,
+            "cursor" => &mut cursor,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::Query(format!("parameter {key:?} is repeated")));
+        }
+    }
+    let live = match live.as_deref() {
+        None => Live::CatchUp,
+        Some("long-poll") => Live::LongPoll,
+        Some("sse") => Live::Sse,
+        Some(other) => {
+            return Err(ApiError::Query(format!(
+                "live must be \"long-poll\" or \"sse\", got {other:?}"
+            )));
+        }
+    };
+    if offset.is_none() && live != Live::CatchUp {
+        return Err(ApiError::Query("live reads require an offset".into()));
+    }
+    let offset_text = offset.unwrap_or_else(|| "-1".to_owned());
+    let from = offset_text
+        .parse()
+        .map_err(|e| ApiError::Query(format!("offset {offset_text:?}: {e}")))?;
+    Ok(ReadQuery {
+        from,
+        offset_text,
+        live,
+        cursor,
+    })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+/// The `Content-Type` header, if present and readable.
+pub fn content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(headers::text(headers, &http::header::CONTENT_TYPE)?
+        .filter(|ct| !ct.is_empty())
+        .map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(q: &str) -> Result<ReadQuery, ApiError> {
+        read_query(&format!("/s?{q}").parse().unwrap())
+    }
+
+    #[test]
+    fn offsets_default_to_the_start_for_catch_up_only() {
+        assert_eq!(query("").unwrap().from, ReadFrom::Start);
+        assert!(query("live=sse").is_err());
+        assert!(query("live=long-poll").is_err());
+        assert!(query("offset=-1&live=sse").is_ok());
+    }
+
+    #[test]
+    fn rejects_repeated_empty_and_malformed_offsets() {
+        for bad in [
+            "offset=a&offset=b",
+            "offset=",
+            "offset=0,1",
+            "offset=0%201",
+            "offset=now%0A",
+            "live=poll&offset=-1",
+        ] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+        assert!(query("offset=-1&foo=bar").is_ok());
+    }
+}

@@ -1,0 +1,121 @@
+//! `GET ?live=sse` (§5.8): catch up in data/control event pairs, then
+//! deliver each new append as it lands, until the stream closes, the
+//! reconnect interval passes, the client leaves, or the server shuts down.
+
+use super::AppState;
+use super::error::ApiError;
+use super::read::start_of;
+use super::request::ReadQuery;
+use crate::protocol::offset::Offset;
+use crate::protocol::sse::{Control, DataEncoding, control_event, data_event};
+use crate::protocol::{cursor, headers, json};
+use crate::shutdown::ShutdownToken;
+use crate::streams::{ReadResult, Stream, Tail};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, header};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub fn read(state: AppState, stream: Arc<Stream>, query: ReadQuery) -> Result<Response, ApiError> {
+    let encoding = DataEncoding::for_media_type(&stream.config.media_type);
+    let session = Session {
+        changes: stream.subscribe(),
+        from: start_of(&stream, query.from),
+        cursor: cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng()),
+        deadline: Instant::now() + state.settings.sse_reconnect_interval,
+        max_read_bytes: state.settings.max_read_bytes,
+        shutdown: state.shutdown.clone(),
+        encoding,
+        stream,
+        started: false,
+        finished: false,
+    };
+    let events = futures_util::stream::unfold(session, |mut session| async move {
+        let event = session.next_event().await?;
+        Some((Ok::<_, Infallible>(event), session))
+    });
+    let mut response = Body::from_stream(events).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if encoding == DataEncoding::Base64 {
+        out.insert(
+            headers::STREAM_SSE_DATA_ENCODING,
+            HeaderValue::from_static("base64"),
+        );
+    }
+    Ok(response)
+}
+
+/// One SSE connection's position and state.
+struct Session {
+    stream: Arc<Stream>,
+    changes: watch::Receiver<Tail>,
+    from: Offset,
+    cursor: u64,
+    deadline: Instant,
+    max_read_bytes: usize,
+    shutdown: ShutdownToken,
+    encoding: DataEncoding,
+    /// Something has been sent (an empty stream still gets a first control).
+    started: bool,
+    /// The closing control event has been sent.
+    finished: bool,
+}
+
+impl Session {
+    /// The next chunk to send, or `None` to end the response.
+    async fn next_event(&mut self) -> Option<Bytes> {
+        while !self.finished {
+            let read = self.stream.read(self.from, self.max_read_bytes).ok()?;
+            if !read.slice.is_empty() || !self.started || read.closed {
+                self.started = true;
+                return Some(self.events(read));
+            }
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() || self.changes.borrow().gone {
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep_until(self.deadline) => return None,
+                () = self.shutdown.cancelled() => return None,
+            }
+        }
+        None
+    }
+
+    /// A data event (when there is data) and its control event, as one
+    /// write so clients never see one without the other.
+    fn events(&mut self, read: ReadResult) -> Bytes {
+        let up_to_date = read.up_to_date();
+        let closed = read.closed && up_to_date;
+        let next = read.slice.next;
+        let mut out = BytesMut::new();
+        if !read.slice.is_empty() {
+            let pieces = if self.stream.config.is_json() {
+                json::array_body(read.slice.data)
+            } else {
+                read.slice.data
+            };
+            out.extend_from_slice(&data_event(&pieces, self.encoding));
+        }
+        out.extend_from_slice(&control_event(&Control {
+            stream_next_offset: next.to_string(),
+            stream_cursor: (!closed).then(|| self.cursor.to_string()),
+            up_to_date,
+            stream_closed: closed,
+        }));
+        self.from = next;
+        self.finished = closed;
+        out.freeze()
+    }
+}

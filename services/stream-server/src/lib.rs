@@ -1,0 +1,25 @@
+//! A Durable Streams server: append-only byte streams over HTTP, as
+//! specified by the Durable Streams protocol.
+//!
+//! # Layout
+//!
+//! * [`protocol`] — the protocol's rules as plain types: offsets, headers,
+//!   producers, JSON framing, cursors, paths, SSE framing. No I/O.
+//! * [`storage`] — storage engines holding each stream's bytes.
+//! * [`streams`] — the registry of streams and the protocol operations on
+//!   them: create, append, close, delete, read, with per-stream locking.
+//! * [`http`] — axum handlers, one module per route group, and the single
+//!   place errors become responses.
+//! * [`config`] — layered configuration (defaults, TOML, `DS_*`).
+//! * [`telemetry`] — logging setup.
+//! * [`shutdown`] — signal handling and the token that ends live reads.
+//! * [`server`] — binding, serving (plain or TLS) and draining.
+
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;
+pub mod storage;
+pub mod streams;
+pub mod telemetry;

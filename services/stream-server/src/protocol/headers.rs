@@ -1,0 +1,269 @@
+//! Protocol header names and the parsers for their values.
+//!
+//! Every parser reports failures as a [`HeaderError`] naming the header, so a
+//! client sending a malformed value learns which one and why.
+
+use http::{HeaderMap, HeaderName};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
+pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
+pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
+pub const STREAM_CLOSED: HeaderName = HeaderName::from_static("stream-closed");
+pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
+pub const STREAM_TTL: HeaderName = HeaderName::from_static("stream-ttl");
+pub const STREAM_EXPIRES_AT: HeaderName = HeaderName::from_static("stream-expires-at");
+pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
+pub const STREAM_FORK_OFFSET: HeaderName = HeaderName::from_static("stream-fork-offset");
+pub const STREAM_FORK_SUB_OFFSET: HeaderName = HeaderName::from_static("stream-fork-sub-offset");
+pub const STREAM_SSE_DATA_ENCODING: HeaderName =
+    HeaderName::from_static("stream-sse-data-encoding");
+pub const PRODUCER_ID: HeaderName = HeaderName::from_static("producer-id");
+pub const PRODUCER_EPOCH: HeaderName = HeaderName::from_static("producer-epoch");
+pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
+pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
+pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
+
+/// Every protocol header a browser client may need to read (CORS exposure).
+pub const EXPOSED: [HeaderName; 14] = [
+    STREAM_NEXT_OFFSET,
+    STREAM_UP_TO_DATE,
+    STREAM_CURSOR,
+    STREAM_CLOSED,
+    STREAM_TTL,
+    STREAM_EXPIRES_AT,
+    STREAM_SSE_DATA_ENCODING,
+    PRODUCER_EPOCH,
+    PRODUCER_SEQ,
+    PRODUCER_EXPECTED_SEQ,
+    PRODUCER_RECEIVED_SEQ,
+    http::header::ETAG,
+    http::header::LOCATION,
+    http::header::CONTENT_TYPE,
+];
+
+/// Every protocol header a browser client may send (CORS preflight).
+pub const ALLOWED: [HeaderName; 13] = [
+    http::header::CONTENT_TYPE,
+    http::header::IF_NONE_MATCH,
+    http::header::AUTHORIZATION,
+    STREAM_SEQ,
+    STREAM_TTL,
+    STREAM_EXPIRES_AT,
+    STREAM_CLOSED,
+    STREAM_FORKED_FROM,
+    STREAM_FORK_OFFSET,
+    STREAM_FORK_SUB_OFFSET,
+    PRODUCER_ID,
+    PRODUCER_EPOCH,
+    PRODUCER_SEQ,
+];
+
+/// Largest integer a JavaScript client can represent exactly (2^53 - 1).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A header value the server cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {header} header: {reason}")]
+pub struct HeaderError {
+    pub header: String,
+    pub reason: String,
+}
+
+impl HeaderError {
+    pub fn new(header: impl Into<String>, reason: impl Into<String>) -> Self {
+        HeaderError {
+            header: header.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The value of `name` as text; `Ok(None)` when absent.
+pub fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, HeaderError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| HeaderError::new(name.as_str(), "value is not visible ASCII")),
+    }
+}
+
+/// `Stream-Closed` counts only when it is exactly `true`, case-insensitively;
+/// every other value is ignored (§4.1).
+pub fn stream_closed(headers: &HeaderMap) -> bool {
+    headers
+        .get(&STREAM_CLOSED)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// A non-negative decimal integer without sign, leading zeros, fraction or
+/// exponent (the `Stream-TTL` grammar of §5.1).
+pub fn strict_decimal(header: &'static str, value: &str) -> Result<u64, HeaderError> {
+    let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only {
+        return Err(HeaderError::new(
+            header,
+            "expected a non-negative integer in plain decimal notation",
+        ));
+    }
+    if value.len() > 1 && value.starts_with('0') {
+        return Err(HeaderError::new(header, "leading zeros are not allowed"));
+    }
+    value
+        .parse()
+        .map_err(|_| HeaderError::new(header, "number is too large"))
+}
+
+/// `Stream-TTL` in seconds.
+pub fn ttl(value: &str) -> Result<u64, HeaderError> {
+    strict_decimal("Stream-TTL", value)
+}
+
+/// `Stream-Expires-At`, an RFC 3339 timestamp.
+pub fn expires_at(value: &str) -> Result<OffsetDateTime, HeaderError> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
+        HeaderError::new(
+            "Stream-Expires-At",
+            format!("not an RFC 3339 timestamp ({e})"),
+        )
+    })
+}
+
+/// Renders a timestamp the way `Stream-Expires-At` is echoed back.
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// The media type of a `Content-Type` value, lowercased and without
+/// parameters: the part two content types must share to match (§5.2).
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The producer identity and position sent with an append (§5.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerHeaders {
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Reads the three producer headers: all present, or none (§5.2.1).
+pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, HeaderError> {
+    let id = text(headers, &PRODUCER_ID)?;
+    let epoch = text(headers, &PRODUCER_EPOCH)?;
+    let seq = text(headers, &PRODUCER_SEQ)?;
+    let (id, epoch, seq) = match (id, epoch, seq) {
+        (None, None, None) => return Ok(None),
+        (Some(id), Some(epoch), Some(seq)) => (id, epoch, seq),
+        _ => {
+            return Err(HeaderError::new(
+                "Producer-Id",
+                "Producer-Id, Producer-Epoch and Producer-Seq must be sent together",
+            ));
+        }
+    };
+    if id.is_empty() {
+        return Err(HeaderError::new("Producer-Id", "must not be empty"));
+    }
+    let bounded = |header: &'static str, value: &str| {
+        let n = strict_decimal(header, value)?;
+        if n > MAX_SAFE_INTEGER {
+            return Err(HeaderError::new(header, "must not exceed 2^53-1"));
+        }
+        Ok(n)
+    };
+    Ok(Some(ProducerHeaders {
+        id: id.to_owned(),
+        epoch: bounded("Producer-Epoch", epoch)?,
+        seq: bounded("Producer-Seq", seq)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ttl_grammar() {
+        assert_eq!(ttl("3600"), Ok(3600));
+        assert_eq!(ttl("0"), Ok(0));
+        for bad in [
+            "+3600", "03600", "3600.0", "3.6e3", "-1", "", " ", "1 0", "0x10",
+        ] {
+            assert!(ttl(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn closed_header_is_true_only() {
+        let mut headers = HeaderMap::new();
+        assert!(!stream_closed(&headers));
+        for (value, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("True", true),
+            ("false", false),
+            ("1", false),
+            ("", false),
+            ("yes", false),
+        ] {
+            headers.insert(STREAM_CLOSED, HeaderValue::from_static(value));
+            assert_eq!(stream_closed(&headers), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn media_type_ignores_case_and_parameters() {
+        assert_eq!(media_type("Text/Plain; charset=utf-8"), "text/plain");
+        assert_eq!(media_type(" application/json "), "application/json");
+    }
+
+    #[test]
+    fn producer_headers_all_or_nothing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(producer(&headers), Ok(None));
+        headers.insert(PRODUCER_ID, HeaderValue::from_static("p"));
+        assert!(producer(&headers).is_err());
+        headers.insert(PRODUCER_EPOCH, HeaderValue::from_static("0"));
+        headers.insert(PRODUCER_SEQ, HeaderValue::from_static("7"));
+        assert_eq!(
+            producer(&headers),
+            Ok(Some(ProducerHeaders {
+                id: "p".into(),
+                epoch: 0,
+                seq: 7
+            }))
+        );
+        headers.insert(PRODUCER_SEQ, HeaderValue::from_static("9007199254740992"));
+        assert!(producer(&headers).is_err());
+        headers.insert(PRODUCER_SEQ, HeaderValue::from_static("-1"));
+        assert!(producer(&headers).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn strict_decimal_accepts_exactly_canonical_numbers(n: u64) {
+            prop_assert_eq!(strict_decimal("X", &n.to_string()), Ok(n));
+        }
+
+        #[test]
+        fn strict_decimal_never_panics(s in "\\PC{0,24}") {
+            if let Ok(n) = strict_decimal("X", &s) {
+                prop_assert_eq!(n.to_string(), s);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Server-Sent Events framing for live reads (§5.8).
+//!
+//! A `data` event carries a batch of stream bytes, one `data:` line per line
+//! of text (CR, LF and CRLF all end a line), or base64 for binary streams. A
+//! `control` event follows every data event with the position and state the
+//! client needs to resume.
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+/// How data events carry bytes, chosen by the stream's content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataEncoding {
+    /// `text/*` and `application/json`: the bytes as UTF-8 text.
+    Text,
+    /// Everything else: standard base64, announced by the
+    /// `stream-sse-data-encoding: base64` response header.
+    Base64,
+}
+
+impl DataEncoding {
+    pub fn for_media_type(media_type: &str) -> Self {
+        if media_type.starts_with("text/") || media_type == "application/json" {
+            DataEncoding::Text
+        } else {
+            DataEncoding::Base64
+        }
+    }
+}
+
+/// Length of base64 text per `data:` line (a multiple of 4).
+const BASE64_LINE: usize = 76 * 4;
+
+/// Frames `pieces` (consecutive parts of one batch) as one `data` event.
+pub fn data_event(pieces: &[Bytes], encoding: DataEncoding) -> Bytes {
+    let len: usize = pieces.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len * 4 / 3 + len / 8 + 32);
+    out.put_slice(b"event: data\n");
+    match encoding {
+        DataEncoding::Text => {
+            // Every line ending starts a new `data:` line, including a final
+            // one, so the client's join of the lines with LF restores the text.
+            out.put_slice(b"data:");
+            let mut after_cr = false;
+            for piece in pieces {
+                let mut start = 0;
+                for (i, &byte) in piece.iter().enumerate() {
+                    match byte {
+                        b'\r' | b'\n' => {
+                            out.put_slice(&piece[start..i]);
+                            start = i + 1;
+                            // The LF of a CRLF pair belongs to the CR's break.
+                            if !(byte == b'\n' && after_cr) {
+                                out.put_slice(b"\ndata:");
+                            }
+                            after_cr = byte == b'\r';
+                        }
+                        _ => after_cr = false,
+                    }
+                }
+                out.put_slice(&piece[start..]);
+            }
+            out.put_u8(b'\n');
+        }
+        DataEncoding::Base64 => {
+            let joined: Vec<u8> = pieces.concat();
+            let text = base64::engine::general_purpose::STANDARD.encode(joined);
+            if text.is_empty() {
+                out.put_slice(b"data:\n");
+            }
+            for line in text.as_bytes().chunks(BASE64_LINE) {
+                out.put_slice(b"data:");
+                out.put_slice(line);
+                out.put_u8(b'\n');
+            }
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The fields of a `control` event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Control {
+    pub stream_next_offset: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_cursor: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub up_to_date: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream_closed: bool,
+}
+
+/// Frames a `control` event.
+pub fn control_event(control: &Control) -> Bytes {
+    let json = serde_json::to_string(control).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(json.len() + 24);
+    out.put_slice(b"event: control\ndata:");
+    out.put_slice(json.as_bytes());
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text(pieces: &[&str]) -> String {
+        let pieces: Vec<Bytes> = pieces.iter().map(|p| Bytes::from(p.to_string())).collect();
+        String::from_utf8(data_event(&pieces, DataEncoding::Text).to_vec()).unwrap()
+    }
+
+    /// What an SSE client reconstructs from one event's `data:` lines.
+    fn client_view(event: &str) -> String {
+        event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn one_data_line_per_text_line() {
+        assert_eq!(text(&["hello world"]), "event: data\ndata:hello world\n\n");
+        assert_eq!(text(&["a\nb"]), "event: data\ndata:a\ndata:b\n\n");
+        assert_eq!(
+            text(&["a\r\nb\rc"]),
+            "event: data\ndata:a\ndata:b\ndata:c\n\n"
+        );
+        assert_eq!(text(&["a\r", "\nb"]), "event: data\ndata:a\ndata:b\n\n");
+        assert_eq!(
+            text(&["hello ", "world"]),
+            "event: data\ndata:hello world\n\n"
+        );
+        assert_eq!(text(&["a\n"]), "event: data\ndata:a\ndata:\n\n");
+        assert_eq!(text(&["a\n\nb"]), "event: data\ndata:a\ndata:\ndata:b\n\n");
+    }
+
+    #[test]
+    fn binary_is_base64() {
+        let event = data_event(
+            &[Bytes::from_static(&[1, 2, 3, 4, 5, 6])],
+            DataEncoding::Base64,
+        );
+        assert_eq!(&event[..], b"event: data\ndata:AQIDBAUG\n\n");
+    }
+
+    #[test]
+    fn control_fields_are_camel_case_and_optional() {
+        let open = Control {
+            stream_next_offset: "o".into(),
+            stream_cursor: Some("7".into()),
+            up_to_date: true,
+            stream_closed: false,
+        };
+        assert_eq!(
+            &control_event(&open)[..],
+            b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
+        );
+    }
+
+    proptest! {
+        /// Text without CR survives the trip through `data:` lines exactly,
+        /// trailing newlines included.
+        #[test]
+        fn text_round_trips(s in "[^\r]{0,200}", split in 0usize..200) {
+            let cut = s.char_indices().map(|(i, _)| i).find(|&i| i >= split).unwrap_or(s.len());
+            let event = text(&[&s[..cut], &s[cut..]]);
+            let body = event.strip_prefix("event: data\n").unwrap().strip_suffix("\n\n").unwrap();
+            prop_assert_eq!(client_view(body), s);
+        }
+    }
+}

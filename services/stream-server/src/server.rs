@@ -1,0 +1,112 @@
+//! Running the server: state, background expiry sweeps, the listener (plain
+//! or TLS), and graceful shutdown.
+
+use crate::config::Config;
+use crate::http::{AppState, Settings, app};
+use crate::shutdown::ShutdownToken;
+use crate::streams::{StorageLimits, Streams};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often expired streams are reclaimed in the background (requests
+/// also check expiry themselves, to the millisecond).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS certificate or key: {0}")]
+    Tls(std::io::Error),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the configured address.
+pub fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting,
+/// ends live reads and waits up to the grace period for requests in flight.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let streams = Arc::new(Streams::new(StorageLimits {
+        max_stream_bytes: config.limits.max_stream_bytes,
+        max_memory_bytes: config.limits.max_memory_bytes,
+    }));
+    let token = ShutdownToken::new();
+    let state = AppState {
+        streams: Arc::clone(&streams),
+        settings: Arc::new(Settings::from_config(&config)),
+        shutdown: token.clone(),
+    };
+    let router = app(state, config.cors_origins());
+    tokio::spawn(sweep_expired(streams, token.clone()));
+
+    let handle = Handle::new();
+    let grace = config.shutdown_grace();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending live reads, draining requests");
+            token.cancel();
+            handle.graceful_shutdown(Some(grace));
+        }
+    });
+
+    let service = router.into_make_service();
+    match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(cert), Some(key)) => {
+            // Both crates may be linked with ring; choosing explicitly avoids
+            // a runtime panic when more than one provider is present.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(ServeError::Tls)?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(service)
+                .await?;
+        }
+        _ => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?;
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Frees expired streams until shutdown.
+async fn sweep_expired(streams: Arc<Streams>, shutdown: ShutdownToken) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let reclaimed = streams.sweep_expired();
+                if reclaimed > 0 {
+                    tracing::debug!(reclaimed, "expired streams reclaimed");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

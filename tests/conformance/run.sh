@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs the Durable Streams conformance suite against stream-server.
+#
+#   tests/conformance/run.sh [STORAGE_MODE]      (default: memory)
+#
+# Builds the server, starts it on a free loopback port with a 1-second
+# long-poll timeout and a scratch data directory, waits until /readyz
+# answers, runs the suite, stops the server and prints the suite's summary.
+# Set CONFORMANCE_BASE_URL to test an already running server instead
+# (the gateway, for example); then nothing is built or started.
+set -euo pipefail
+
+mode="${1:-memory}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+profile="${CARGO_PROFILE:-debug}"
+
+if [ ! -d "$here/node_modules/@durable-streams/server-conformance-tests" ]; then
+  echo "conformance: installing the pinned suite (npm ci)"
+  (cd "$here" && npm ci --no-audit --no-fund)
+fi
+
+server_pid=""
+data_dir=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  [ -n "$data_dir" ] && rm -rf "$data_dir"
+}
+trap cleanup EXIT
+
+if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
+  cargo_flags=()
+  [ "$profile" = "release" ] && cargo_flags+=(--release)
+  (cd "$root" && cargo build --quiet -p stream-server "${cargo_flags[@]}")
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  data_dir="$(mktemp -d)"
+  log="$data_dir/server.log"
+  DS_SERVER__HOST=127.0.0.1 \
+  DS_SERVER__PORT="$port" \
+  DS_SERVER__LONG_POLL_TIMEOUT_SECS=1 \
+  DS_STORAGE__MODE="$mode" \
+  DS_STORAGE__DATA_DIR="$data_dir/data" \
+  RUST_LOG="${RUST_LOG:-stream_server=warn}" \
+    "$root/target/$profile/stream-server" >"$log" 2>&1 &
+  server_pid=$!
+  export CONFORMANCE_BASE_URL="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    if curl -fsS "$CONFORMANCE_BASE_URL/readyz" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "conformance: stream-server exited during startup:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "conformance: stream-server ($mode) at $CONFORMANCE_BASE_URL"
+fi
+
+cd "$here"
+status=0
+npx vitest run 2>&1 | tee "${CONFORMANCE_OUTPUT:-/dev/null}" | sed -u 's/\x1b\[[0-9;]*m//g' >"${TMPDIR:-/tmp}/conformance-$$.log" || status=$?
+sed -u 's/\x1b\[[0-9;]*m//g' "${TMPDIR:-/tmp}/conformance-$$.log" | grep -E '^\s*(×|FAIL)' | head -80 || true
+echo "conformance ($mode): $(grep -E '^\s*Tests\s' "${TMPDIR:-/tmp}/conformance-$$.log" | sed 's/^\s*//')"
+rm -f "${TMPDIR:-/tmp}/conformance-$$.log"
+exit "$status"

@@ -1,0 +1,11 @@
+// The suite's own tests carry their timeouts; only the runner is set here.
+import { defineConfig } from 'vitest/config'
+
+export default defineConfig({
+  test: {
+    include: ['conformance.test.mjs'],
+    reporters: ['default'],
+    // Tests within the suite share one server; run the file on its own.
+    fileParallelism: false,
+  },
+})
