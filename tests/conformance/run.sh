@@ -60,9 +60,21 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
 fi
 
 cd "$here"
+log_file="$(mktemp)"
 status=0
-npx vitest run 2>&1 | tee "${CONFORMANCE_OUTPUT:-/dev/null}" | sed -u 's/\x1b\[[0-9;]*m//g' >"${TMPDIR:-/tmp}/conformance-$$.log" || status=$?
-sed -u 's/\x1b\[[0-9;]*m//g' "${TMPDIR:-/tmp}/conformance-$$.log" | grep -E '^\s*(×|FAIL)' | head -80 || true
-echo "conformance ($mode): $(grep -E '^\s*Tests\s' "${TMPDIR:-/tmp}/conformance-$$.log" | sed 's/^\s*//')"
-rm -f "${TMPDIR:-/tmp}/conformance-$$.log"
+NO_COLOR=1 FORCE_COLOR=0 npx vitest run >"$log_file" 2>&1 || status=$?
+sed -i "s/\x1b\[[0-9;]*m//g" "$log_file"
+# Failures in full, then the suite's own summary and one plain closing line.
+grep -E '^\s*(×|FAIL|AssertionError|Error:)' "$log_file" | head -200 || true
+grep -E '^\s*(Test Files|Tests|Duration)\s' "$log_file" || tail -20 "$log_file"
+summary="$(grep -E '^\s*Tests\s' "$log_file" || true)"
+passed="$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
+failed="$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
+skipped="$(grep -oE '[0-9]+ skipped' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
+rm -f "$log_file"
+echo "conformance ($mode): $passed passed, $failed failed, $skipped skipped"
+if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
+  echo "conformance: the suite ran no test" >&2
+  status=1
+fi
 exit "$status"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's whole test run, as CI runs it:
+#   formatting, lints, the Rust test suites, and the published conformance
+#   suite against stream-server's in-memory storage.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "conformance suite"
+for mode in ${CONFORMANCE_MODES:-memory}; do
+  tests/conformance/run.sh "$mode"
+done
