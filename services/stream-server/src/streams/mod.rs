@@ -102,20 +102,6 @@ impl Streams {
         }
     }
 
-    /// Number of streams held, soft-deleted ones included.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Bytes of stream data held in memory.
-    pub fn memory_used(&self) -> u64 {
-        self.memory_used.load(Ordering::Relaxed)
-    }
-
     /// The stream at `path` for a client request: expired streams are
     /// reclaimed on the spot and soft-deleted ones are `Gone`. With `touch`
     /// the request counts as a read or write for the sliding TTL.

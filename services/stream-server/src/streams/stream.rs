@@ -8,7 +8,7 @@ use crate::storage::memory::{LogSlice, MemoryLog};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -88,7 +88,6 @@ pub struct Tail {
 pub struct Stream {
     pub path: String,
     pub config: StreamConfig,
-    pub created_at: SystemTime,
     pub state: Mutex<StreamState>,
     tail: watch::Sender<Tail>,
 }
@@ -115,7 +114,6 @@ impl Stream {
         Stream {
             path,
             config,
-            created_at: SystemTime::now(),
             state: Mutex::new(StreamState {
                 log,
                 closed,
@@ -148,18 +146,6 @@ impl Stream {
             closed: state.closed,
             gone: state.removed || state.soft_deleted,
         });
-    }
-
-    /// When the stream expires, if it has an expiry.
-    pub fn expires_at(&self, state: &StreamState) -> Option<SystemTime> {
-        match self.config.expiry {
-            Expiry::Never => None,
-            Expiry::Ttl(secs) => {
-                let idle = state.last_access.elapsed();
-                Some(SystemTime::now() + Duration::from_secs(secs).saturating_sub(idle))
-            }
-            Expiry::At(at) => Some(at.into()),
-        }
     }
 
     /// Whether the stream has expired at this moment.
