@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::http::{AppState, Settings, app};
 use crate::shutdown::ShutdownToken;
+use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
@@ -28,6 +29,8 @@ pub enum ServeError {
     Tls(std::io::Error),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Binds the configured address.
@@ -45,10 +48,22 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let streams = Arc::new(Streams::new(StorageLimits {
+    let engine = storage::open(config.storage.mode, &config.storage.data_dir)?;
+    let limits = StorageLimits {
         max_stream_bytes: config.limits.max_stream_bytes,
-        max_memory_bytes: config.limits.max_memory_bytes,
-    }));
+        // Only in-memory data counts against the memory limit.
+        max_memory_bytes: match config.storage.mode {
+            StorageMode::Memory => config.limits.max_memory_bytes,
+            _ => 0,
+        },
+    };
+    let streams = Arc::new(Streams::open(engine, limits)?);
+    tracing::info!(
+        streams = streams.len(),
+        mode = %config.storage.mode,
+        data_dir = %config.storage.data_dir.display(),
+        "storage opened"
+    );
     let token = ShutdownToken::new();
     let state = AppState {
         streams: Arc::clone(&streams),

@@ -123,6 +123,8 @@ fn stream_status(error: &StreamError) -> StatusCode {
         | E::ForkSubOffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
         E::StreamTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         E::OutOfMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        E::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

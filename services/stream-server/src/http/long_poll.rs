@@ -25,7 +25,9 @@ pub async fn read(
     let deadline = Instant::now() + state.settings.long_poll_timeout;
     let cursor = cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng());
     loop {
-        let read = stream.read(from, state.settings.max_read_bytes)?;
+        let read = stream
+            .read_async(from, state.settings.max_read_bytes)
+            .await?;
         if !read.slice.is_empty() {
             let tag = etag(&query.offset_text, &read);
             let mut response = data_response(&stream, read, Some(cursor));

@@ -115,7 +115,7 @@ async fn dispatch(
         Method::HEAD => read::head(state, request),
         Method::PUT => write::create(state, request).await,
         Method::POST => write::append(state, request).await,
-        Method::DELETE => write::delete(state, request),
+        Method::DELETE => write::delete(state, request).await,
         _ => Err(ApiError::MethodNotAllowed),
     };
     result.unwrap_or_else(IntoResponse::into_response)

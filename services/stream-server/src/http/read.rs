@@ -27,26 +27,29 @@ pub async fn get(state: AppState, request: Request) -> Result<Response, ApiError
     let query = read_query(request.uri())?;
     let stream = state.streams.get(&path, true)?;
     match query.live {
-        Live::CatchUp => catch_up(&state, &stream, &query, request.headers()),
+        Live::CatchUp => catch_up(&state, &stream, &query, request.headers()).await,
         Live::LongPoll => long_poll::read(state, stream, query).await,
         Live::Sse => sse::read(state, stream, query),
     }
 }
 
-fn catch_up(
+async fn catch_up(
     state: &AppState,
-    stream: &Stream,
+    stream: &Arc<Stream>,
     query: &ReadQuery,
     request_headers: &http::HeaderMap,
 ) -> Result<Response, ApiError> {
     if query.from == ReadFrom::Now {
         return Ok(now_response(stream));
     }
-    let read = stream.read(start_of(stream, query.from), state.settings.max_read_bytes)?;
+    let read = stream
+        .read_async(start_of(stream, query.from), state.settings.max_read_bytes)
+        .await?;
     let etag = etag(&query.offset_text, &read);
     if request_headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|sent| sent.as_bytes() == etag.as_bytes())
+        .and_then(|sent| sent.to_str().ok())
+        .is_some_and(|sent| if_none_match(sent, &etag))
     {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().insert(header::ETAG, etag);
@@ -59,11 +62,20 @@ fn catch_up(
     Ok(response)
 }
 
+/// Whether an `If-None-Match` value matches `etag`: `*`, or any tag of the
+/// list, weak tags compared weakly (RFC 9110 §13.1.2).
+fn if_none_match(sent: &str, etag: &HeaderValue) -> bool {
+    let etag = etag.as_bytes();
+    sent.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
+}
+
 /// Resolves the `offset` parameter to a concrete position.
 pub fn start_of(stream: &Stream, from: ReadFrom) -> Offset {
     match from {
         ReadFrom::Start => Offset::ZERO,
-        ReadFrom::Now => stream.state.lock().log.tail(),
+        ReadFrom::Now => stream.visible().next,
         ReadFrom::At(offset) => offset,
     }
 }
@@ -109,10 +121,8 @@ pub fn data_response(stream: &Stream, read: ReadResult, cursor: Option<u64>) -> 
 
 /// `offset=now` without `live`: no data, the tail, never cached (§8).
 fn now_response(stream: &Stream) -> Response {
-    let (tail, closed) = {
-        let s = stream.state.lock();
-        (s.log.tail(), s.closed)
-    };
+    let visible = stream.visible();
+    let (tail, closed) = (visible.next, visible.closed);
     let body = if stream.config.is_json() { "[]" } else { "" };
     let mut response = body.into_response();
     let out = response.headers_mut();
@@ -134,9 +144,9 @@ pub fn head(state: AppState, request: Request) -> Result<Response, ApiError> {
     let out = response.headers_mut();
     set_content_type(out, &stream.config.content_type);
     out.insert(header::CACHE_CONTROL, NO_STORE);
-    let s = stream.state.lock();
-    set_next_offset(out, s.log.tail());
-    if s.closed {
+    let visible = stream.visible();
+    set_next_offset(out, visible.next);
+    if visible.closed {
         out.insert(headers::STREAM_CLOSED, TRUE);
     }
     match stream.config.expiry {

@@ -10,7 +10,7 @@ use crate::protocol::offset::Offset;
 use crate::protocol::sse::{Control, DataEncoding, control_event, data_event};
 use crate::protocol::{cursor, headers, json};
 use crate::shutdown::ShutdownToken;
-use crate::streams::{ReadResult, Stream, Tail};
+use crate::streams::{ReadResult, Stream, StreamError, Tail};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -23,9 +23,15 @@ use tokio::time::Instant;
 
 pub fn read(state: AppState, stream: Arc<Stream>, query: ReadQuery) -> Result<Response, ApiError> {
     let encoding = DataEncoding::for_media_type(&stream.config.media_type);
+    let from = start_of(&stream, query.from);
+    // Refuse a bad offset now: once the event stream starts, only the
+    // connection's end could report it.
+    if !stream.has_boundary(from).map_err(StreamError::from)? {
+        return Err(StreamError::OffsetNotInStream { offset: from }.into());
+    }
     let session = Session {
         changes: stream.subscribe(),
-        from: start_of(&stream, query.from),
+        from,
         cursor: cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng()),
         deadline: Instant::now() + state.settings.sse_reconnect_interval,
         max_read_bytes: state.settings.max_read_bytes,
@@ -75,7 +81,15 @@ impl Session {
     /// The next chunk to send, or `None` to end the response.
     async fn next_event(&mut self) -> Option<Bytes> {
         while !self.finished {
-            let read = self.stream.read(self.from, self.max_read_bytes).ok()?;
+            // Even a stream with data always pending ends on time (§10.2).
+            if self.started && Instant::now() >= self.deadline {
+                return None;
+            }
+            let read = self
+                .stream
+                .read_async(self.from, self.max_read_bytes)
+                .await
+                .ok()?;
             if !read.slice.is_empty() || !self.started || read.closed {
                 self.started = true;
                 return Some(self.events(read));

@@ -23,11 +23,9 @@ pub async fn create(state: AppState, request: Request) -> Result<Response, ApiEr
         fork: fork(&state, headers)?,
         body: request::body(body, headers, state.settings.max_body_bytes).await?,
     };
-    let (created, stream) = state.streams.create(&path, create)?;
-    let (next, closed) = {
-        let s = stream.state.lock();
-        (s.log.tail(), s.closed)
-    };
+    let (created, stream) = state.streams.create(&path, create).await?;
+    let visible = stream.visible();
+    let (next, closed) = (visible.next, visible.closed);
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
     set_content_type(out, &stream.config.content_type);
@@ -60,7 +58,7 @@ pub async fn append(state: AppState, request: Request) -> Result<Response, ApiEr
         body: request::body(body, headers, state.settings.max_body_bytes).await?,
     };
     let has_producer = append.producer.is_some();
-    let outcome = state.streams.append(&path, append)?;
+    let outcome = state.streams.append(&path, append).await?;
     let status = if has_producer && outcome.appended {
         StatusCode::OK
     } else {
@@ -80,9 +78,9 @@ pub async fn append(state: AppState, request: Request) -> Result<Response, ApiEr
 }
 
 /// `DELETE {stream-url}`: 204.
-pub fn delete(state: AppState, request: Request) -> Result<Response, ApiError> {
+pub async fn delete(state: AppState, request: Request) -> Result<Response, ApiError> {
     let path = stream_path(&state, request.uri())?;
-    state.streams.delete(&path)?;
+    state.streams.delete(&path).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

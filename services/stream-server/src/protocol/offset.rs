@@ -9,7 +9,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A position in a stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Offset {
     /// Messages stored before this position.
     pub messages: u64,

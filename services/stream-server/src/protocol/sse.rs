@@ -41,8 +41,11 @@ pub fn data_event(pieces: &[Bytes], encoding: DataEncoding) -> Bytes {
         DataEncoding::Text => {
             // Every line ending starts a new `data:` line, including a final
             // one, so the client's join of the lines with LF restores the text.
+            // Clients drop one space after `data:`, so a line that starts
+            // with a space gets one extra.
             out.put_slice(b"data:");
             let mut after_cr = false;
+            let mut line_start = true;
             for piece in pieces {
                 let mut start = 0;
                 for (i, &byte) in piece.iter().enumerate() {
@@ -53,10 +56,19 @@ pub fn data_event(pieces: &[Bytes], encoding: DataEncoding) -> Bytes {
                             // The LF of a CRLF pair belongs to the CR's break.
                             if !(byte == b'\n' && after_cr) {
                                 out.put_slice(b"\ndata:");
+                                line_start = true;
                             }
                             after_cr = byte == b'\r';
                         }
-                        _ => after_cr = false,
+                        _ => {
+                            if line_start && byte == b' ' {
+                                out.put_slice(&piece[start..i]);
+                                out.put_u8(b' ');
+                                start = i;
+                            }
+                            line_start = false;
+                            after_cr = false;
+                        }
                     }
                 }
                 out.put_slice(&piece[start..]);
@@ -118,6 +130,7 @@ mod tests {
         event
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -137,6 +150,8 @@ mod tests {
         );
         assert_eq!(text(&["a\n"]), "event: data\ndata:a\ndata:\n\n");
         assert_eq!(text(&["a\n\nb"]), "event: data\ndata:a\ndata:\ndata:b\n\n");
+        assert_eq!(text(&[" a\n  b"]), "event: data\ndata:  a\ndata:   b\n\n");
+        assert_eq!(text(&["x\n", " y"]), "event: data\ndata:x\ndata:  y\n\n");
     }
 
     #[test]

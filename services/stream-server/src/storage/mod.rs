@@ -1,16 +1,33 @@
-//! Storage engines: where a stream's bytes live.
+//! Storage engines: where streams' bytes and durable state live.
 //!
-//! A stream's data is an append-only log of messages. The engine stores the
-//! bytes and the end position of every message, and hands out byte ranges
-//! that end on message boundaries. Everything above it (closure, producers,
-//! forks, expiry) is protocol state kept by [`crate::streams`].
+//! An [`Engine`] persists what must survive a restart: each stream's
+//! configuration, its data, and the protocol state that changes with appends
+//! (closure, producer state, `Stream-Seq`). A [`StreamLog`] is one stream's
+//! data as the engine holds it, read as byte ranges that end on message
+//! boundaries.
 //!
-//! * [`memory`] — the default: contiguous `Bytes` buffers, nothing on disk.
+//! Contracts every engine keeps:
+//! * Offsets only grow; an append is all-or-nothing.
+//! * [`Commit::wait`] resolves once the change is as durable as the mode
+//!   promises; until then readers must not see it (the registry publishes
+//!   the new tail only after the wait).
+//! * Mutations of one stream are applied in the order they are submitted.
+//!
+//! * [`memory`] — nothing on disk; commits are immediate.
+//! * [`redb`] — the `acid` mode: every change in one redb transaction with
+//!   immediate durability, concurrent requests grouped into one transaction.
 
 pub mod memory;
+pub mod redb;
 
+use crate::protocol::json::JsonMessages;
+use crate::protocol::offset::Offset;
+use crate::protocol::producer::ProducerState;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Which engine holds stream data (`DS_STORAGE__MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -19,12 +36,193 @@ pub enum StorageMode {
     /// In memory; lost on restart.
     #[default]
     Memory,
+    /// redb with a durable commit per group of requests.
+    #[serde(alias = "redb")]
+    Acid,
 }
 
 impl fmt::Display for StorageMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StorageMode::Memory => f.write_str("memory"),
+        f.write_str(match self {
+            StorageMode::Memory => "memory",
+            StorageMode::Acid => "acid",
+        })
+    }
+}
+
+/// A storage failure. The request that hit it gets a 5xx; nothing is
+/// acknowledged that was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    #[error("data directory {dir} holds {found}; this server expects {expected}")]
+    IncompatibleDataDir {
+        dir: String,
+        found: String,
+        expected: String,
+    },
+    #[error("the storage engine has stopped")]
+    Stopped,
+}
+
+/// How a stream expires, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpiryRecord {
+    Never,
+    TtlSecs(u64),
+    /// Unix time in nanoseconds.
+    AtUnixNanos(i128),
+}
+
+/// Where a fork's inherited data comes from, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkRecord {
+    pub source: String,
+    pub offset: Offset,
+    pub sub_offset: u64,
+    pub point: Offset,
+}
+
+/// A stream's fixed configuration, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    pub content_type: String,
+    pub expiry: ExpiryRecord,
+    pub fork: Option<ForkRecord>,
+}
+
+/// The `(producer id, epoch, seq)` of the request that closed a stream.
+pub type ClosedBy = (String, u64, u64);
+
+/// One request's changes to a stream, applied atomically.
+#[derive(Debug, Default)]
+pub struct Mutation {
+    pub data: Option<JsonMessages>,
+    pub producer: Option<(String, ProducerState)>,
+    pub stream_seq: Option<String>,
+    /// `Some` closes the stream, remembering the closing producer request.
+    pub close: Option<Option<ClosedBy>>,
+}
+
+/// Everything an engine recovered about one stream at startup.
+#[derive(Debug)]
+pub struct Recovered {
+    pub path: String,
+    pub meta: StreamMeta,
+    pub log: Arc<dyn StreamLog>,
+    pub closed: bool,
+    pub closed_by: Option<ClosedBy>,
+    pub producers: Vec<(String, ProducerState)>,
+    pub last_seq: Option<String>,
+    pub soft_deleted: bool,
+}
+
+/// A stored change on its way to durability.
+#[derive(Debug)]
+pub struct Commit(Option<oneshot::Receiver<Result<(), StorageError>>>);
+
+impl Commit {
+    /// A change that is already as durable as it will be.
+    pub fn done() -> Self {
+        Commit(None)
+    }
+
+    pub fn pending(receiver: oneshot::Receiver<Result<(), StorageError>>) -> Self {
+        Commit(Some(receiver))
+    }
+
+    /// Resolves when the change is durable.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        match self.0 {
+            None => Ok(()),
+            Some(receiver) => receiver.await.unwrap_or(Err(StorageError::Stopped)),
         }
     }
+}
+
+/// A range of stream data ending on a message boundary.
+#[derive(Debug, Default)]
+pub struct LogSlice {
+    pub data: Vec<Bytes>,
+    /// The offset just past the returned data.
+    pub next: Offset,
+}
+
+impl LogSlice {
+    pub fn empty(at: Offset) -> Self {
+        LogSlice {
+            data: Vec::new(),
+            next: at,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.iter().map(Bytes::len).sum()
+    }
+}
+
+/// One stream's data. Appends are serialised by the caller (the stream's
+/// lock); reads may run concurrently with them.
+pub trait StreamLog: Send + Sync + fmt::Debug {
+    /// Where this log begins: zero, or a fork's divergence point.
+    fn base(&self) -> Offset;
+
+    /// The offset after the last message written (durable or not).
+    fn tail(&self) -> Offset;
+
+    /// The offset of the message boundary at byte position `bytes`, if any
+    /// (the base and the tail included).
+    fn boundary_at(&self, bytes: u64) -> Result<Option<Offset>, StorageError>;
+
+    /// Reads from `from` (a boundary) to at most `limit` (a boundary byte
+    /// position), returning at most `max_bytes` unless the first message
+    /// alone is larger.
+    fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError>;
+
+    /// Whether reads may block on disk I/O (and so belong on a blocking
+    /// thread).
+    fn reads_block(&self) -> bool;
+
+    /// Applies one request's changes (the caller validated them).
+    fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError>;
+
+    /// Marks the stream deleted but still read by forks.
+    fn soft_delete(&self) -> Result<Commit, StorageError>;
+
+    /// Removes the stream and all its data.
+    fn remove(&self) -> Result<Commit, StorageError>;
+}
+
+/// A storage engine.
+pub trait Engine: Send + Sync + fmt::Debug {
+    /// Every stream stored, in creation order (fork sources before forks).
+    fn recover(&self) -> Result<Vec<Recovered>, StorageError>;
+
+    /// Stores a new stream with its initial messages.
+    fn create(
+        &self,
+        path: &str,
+        meta: &StreamMeta,
+        base: Offset,
+        initial: Vec<JsonMessages>,
+        closed: bool,
+    ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError>;
+}
+
+/// Opens the engine configured by `mode`.
+pub fn open(
+    mode: StorageMode,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Engine>, StorageError> {
+    Ok(match mode {
+        StorageMode::Memory => Arc::new(memory::MemoryEngine),
+        StorageMode::Acid => Arc::new(redb::RedbEngine::open(data_dir)?),
+    })
 }

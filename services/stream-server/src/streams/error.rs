@@ -4,8 +4,9 @@
 use crate::protocol::json::JsonError;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerRejection;
+use crate::storage::StorageError;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StreamError {
     #[error("stream not found")]
     NotFound,
@@ -43,4 +44,8 @@ pub enum StreamError {
     StreamTooLarge { size: u64, limit: u64 },
     #[error("the server's memory limit of {limit} bytes is reached")]
     OutOfMemory { limit: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the stream is unavailable after a storage failure; it is restored at restart")]
+    Unavailable,
 }

@@ -6,7 +6,8 @@
 //! appends with a short, synchronous lock that is never held across an
 //! `.await`; that lock is also what serialises validation and append per
 //! `(stream, producer)` as §5.2.1 requires. Expensive work (JSON validation)
-//! happens before the lock is taken.
+//! happens before the lock is taken, and waiting for durability after it is
+//! released, so one stream's fsync never holds up another stream.
 
 pub mod error;
 pub mod stream;
@@ -18,14 +19,17 @@ use crate::protocol::headers::{ProducerHeaders, media_type};
 use crate::protocol::json::{self, JsonContext, JsonMessages};
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::{self, ProducerCheck, ProducerRejection, ProducerState};
-use crate::storage::memory::MemoryLog;
+use crate::storage::{
+    Commit, Engine, ExpiryRecord, ForkRecord, Mutation, StorageError, StreamMeta,
+};
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use stream::{ForkOrigin, StreamConfig};
+use stream::{ForkOrigin, StreamConfig, StreamState};
+use time::OffsetDateTime;
 
 /// Content type of streams created without one (§5.1).
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -86,20 +90,75 @@ pub struct AppendOutcome {
 }
 
 /// Every stream, by path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Streams {
     map: DashMap<String, Arc<Stream>>,
+    engine: Arc<dyn Engine>,
     limits: StorageLimits,
     memory_used: AtomicU64,
 }
 
 impl Streams {
-    pub fn new(limits: StorageLimits) -> Self {
-        Streams {
+    /// Opens the registry over `engine`, loading every stream it stored.
+    pub fn open(engine: Arc<dyn Engine>, limits: StorageLimits) -> Result<Self, StorageError> {
+        let streams = Streams {
             map: DashMap::new(),
+            engine,
             limits,
             memory_used: AtomicU64::new(0),
+        };
+        for recovered in streams.engine.recover()? {
+            let fork = match &recovered.meta.fork {
+                None => None,
+                Some(record) => {
+                    let source = streams
+                        .map
+                        .get(&record.source)
+                        .map(|s| Arc::clone(&s))
+                        .ok_or_else(|| {
+                            StorageError::Corrupt(format!(
+                                "fork {} refers to missing source {}",
+                                recovered.path, record.source
+                            ))
+                        })?;
+                    source.state.lock().forks += 1;
+                    Some(ForkOrigin {
+                        source,
+                        offset: record.offset,
+                        sub_offset: record.sub_offset,
+                        point: record.point,
+                    })
+                }
+            };
+            let content_type = recovered.meta.content_type.clone();
+            let config = StreamConfig {
+                media_type: media_type(&content_type),
+                content_type,
+                expiry: expiry_of(recovered.meta.expiry),
+                fork,
+            };
+            let tail = recovered.log.tail();
+            let state = StreamState {
+                producers: recovered.producers.into_iter().collect(),
+                closed_by: recovered.closed_by,
+                last_seq: recovered.last_seq,
+                soft_deleted: recovered.soft_deleted,
+                ..StreamState::new(recovered.log, recovered.closed)
+            };
+            let stream = Stream::new(recovered.path.clone(), config, state);
+            stream.publish(tail, recovered.closed, recovered.soft_deleted);
+            streams.map.insert(recovered.path, Arc::new(stream));
         }
+        Ok(streams)
+    }
+
+    /// Number of streams held, soft-deleted ones included.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The stream at `path` for a client request: expired streams are
@@ -123,14 +182,19 @@ impl Streams {
             expired
         };
         if expired {
-            self.remove(&stream);
-            return Err(StreamError::NotFound);
+            self.expire(&stream);
+            // Expired with forks still reading it: soft-deleted, like a delete.
+            return Err(if stream.state.lock().soft_deleted {
+                StreamError::Gone
+            } else {
+                StreamError::NotFound
+            });
         }
         Ok(stream)
     }
 
     /// Creates the stream at `path`, or confirms an identical one (§5.1).
-    pub fn create(
+    pub async fn create(
         &self,
         path: &str,
         request: CreateRequest,
@@ -138,20 +202,30 @@ impl Streams {
         if let Some(existing) = self.existing(path)? {
             return self.confirm(existing, &request);
         }
-        let stream = Arc::new(self.build(path, &request)?);
+        let (stream, commit) = self.build(path, &request)?;
+        let stream = Arc::new(stream);
         match self.map.entry(path.to_owned()) {
             Entry::Vacant(slot) => {
                 slot.insert(Arc::clone(&stream));
-                Ok((Created::New, stream))
             }
             // Another request created it meanwhile: undo ours, compare with theirs.
             Entry::Occupied(slot) => {
                 let theirs = Arc::clone(slot.get());
                 drop(slot);
                 self.discard(&stream);
-                self.confirm(theirs, &request)
+                return self.confirm(theirs, &request);
             }
         }
+        if let Err(e) = commit.wait().await {
+            self.fail(&stream, &e);
+            return Err(e.into());
+        }
+        let (tail, closed) = {
+            let state = stream.state.lock();
+            (state.log.tail(), state.closed)
+        };
+        stream.publish(tail, closed, false);
+        Ok((Created::New, stream))
     }
 
     /// The live stream at `path`, if any, reclaiming it if expired.
@@ -203,9 +277,9 @@ impl Streams {
         }
     }
 
-    /// Builds a new stream (not yet registered) from a `PUT`.
-    fn build(&self, path: &str, request: &CreateRequest) -> Result<Stream, StreamError> {
-        let (config, mut log, prefix) = match &request.fork {
+    /// Builds and stores a new stream (not yet registered) from a `PUT`.
+    fn build(&self, path: &str, request: &CreateRequest) -> Result<(Stream, Commit), StreamError> {
+        let (config, base, prefix) = match &request.fork {
             None => {
                 let content_type = request
                     .content_type
@@ -217,7 +291,7 @@ impl Streams {
                     expiry: request.expiry.unwrap_or(Expiry::Never),
                     fork: None,
                 };
-                (config, MemoryLog::new(Offset::ZERO), None)
+                (config, Offset::ZERO, None)
             }
             Some(fork) => self.fork_config(request, fork)?,
         };
@@ -228,24 +302,36 @@ impl Streams {
         } else {
             Some(raw_message(&request.body))
         };
-        let size = prefix
-            .as_ref()
-            .map_or(0, |m: &JsonMessages| m.encoded.len())
-            + initial.as_ref().map_or(0, |m| m.encoded.len());
-        self.reserve(0, size as u64)?;
+        let initial: Vec<JsonMessages> = [prefix, initial].into_iter().flatten().collect();
+        let size: u64 = initial.iter().map(|m| m.encoded.len() as u64).sum();
+        self.reserve(0, size)?;
+        let unreserve = || {
+            self.memory_used.fetch_sub(size, Ordering::Relaxed);
+        };
         if let Some(fork) = &config.fork {
             let mut source = fork.source.state.lock();
             if source.soft_deleted || source.removed {
                 drop(source);
-                self.memory_used.fetch_sub(size as u64, Ordering::Relaxed);
+                unreserve();
                 return Err(StreamError::ForkSourceGone);
             }
             source.forks += 1;
         }
-        for messages in [prefix, initial].into_iter().flatten() {
-            log.append(&messages.encoded, messages.ends);
-        }
-        Ok(Stream::new(path.to_owned(), config, log, request.closed))
+        let stored = self
+            .engine
+            .create(path, &meta_of(&config), base, initial, request.closed);
+        let (log, commit) = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                unreserve();
+                if let Some(fork) = &config.fork {
+                    release_fork_ref(&fork.source);
+                }
+                return Err(e.into());
+            }
+        };
+        let state = StreamState::new(log, request.closed);
+        Ok((Stream::new(path.to_owned(), config, state), commit))
     }
 
     /// Resolves the fork headers: the source, its divergence point, the
@@ -256,7 +342,7 @@ impl Streams {
         &self,
         request: &CreateRequest,
         fork: &ForkRequest,
-    ) -> Result<(StreamConfig, MemoryLog, Option<JsonMessages>), StreamError> {
+    ) -> Result<(StreamConfig, Offset, Option<JsonMessages>), StreamError> {
         let source = match self.get(&fork.source, false) {
             Ok(source) => source,
             Err(StreamError::NotFound) => return Err(StreamError::ForkSourceNotFound),
@@ -276,7 +362,7 @@ impl Streams {
                 source.config.media_type.clone(),
             ),
         };
-        let tail = source.state.lock().log.tail();
+        let tail = source.visible().next;
         let point = match fork.offset {
             None if fork.sub_offset > 0 => {
                 return Err(StreamError::ForkSubOffsetOutOfRange {
@@ -287,7 +373,7 @@ impl Streams {
             Some(offset) if offset > tail => {
                 return Err(StreamError::ForkOffsetBeyondTail { offset, tail });
             }
-            Some(offset) if !source.has_boundary(offset) => {
+            Some(offset) if !source.has_boundary(offset)? => {
                 return Err(StreamError::OffsetNotInStream { offset });
             }
             Some(offset) => offset,
@@ -315,15 +401,36 @@ impl Streams {
                 point,
             }),
         };
-        Ok((config, MemoryLog::new(point), prefix))
+        Ok((config, point, prefix))
     }
 
     /// Appends to, and optionally closes, the stream at `path` (§5.2, §5.3).
-    pub fn append(&self, path: &str, request: AppendRequest) -> Result<AppendOutcome, StreamError> {
+    pub async fn append(
+        &self,
+        path: &str,
+        request: AppendRequest,
+    ) -> Result<AppendOutcome, StreamError> {
         let stream = self.get(path, true)?;
         if request.body.is_empty() && !request.close {
             return Err(StreamError::EmptyAppend);
         }
+        let (outcome, commit) = self.submit_append(&stream, request)?;
+        // Acknowledge, and let readers see it, only once it is durable.
+        if let Err(e) = commit.wait().await {
+            self.fail(&stream, &e);
+            return Err(e.into());
+        }
+        stream.publish(outcome.next, outcome.closed, false);
+        Ok(outcome)
+    }
+
+    /// Validates an append under the stream's lock and submits it to
+    /// storage; the returned commit says when it is durable.
+    fn submit_append(
+        &self,
+        stream: &Arc<Stream>,
+        request: AppendRequest,
+    ) -> Result<(AppendOutcome, Commit), StreamError> {
         let config = &stream.config;
         // Framing reads the whole body: do it before taking the lock, and
         // report its errors only where the protocol ranks them.
@@ -346,6 +453,9 @@ impl Streams {
         };
 
         let mut state = stream.state.lock();
+        if state.failed {
+            return Err(StreamError::Unavailable);
+        }
         if state.removed || state.soft_deleted {
             return Err(if state.soft_deleted {
                 StreamError::Gone
@@ -360,12 +470,13 @@ impl Streams {
                 let known = state.producers.get(&p.id).copied();
                 match producer::check(known, p.epoch, p.seq) {
                     Ok(ProducerCheck::Duplicate { state: known }) => {
-                        return Ok(AppendOutcome {
+                        let outcome = AppendOutcome {
                             next: state.log.tail(),
                             closed: state.closed,
                             producer: Some(known),
                             appended: false,
-                        });
+                        };
+                        return Ok((outcome, Commit::done()));
                     }
                     Ok(ProducerCheck::Accept { next }) => Some((p, next)),
                     // A gap ranks below closure and content checks (§5.2).
@@ -379,12 +490,13 @@ impl Streams {
         };
         if state.closed {
             if request.body.is_empty() {
-                return Ok(AppendOutcome {
+                let outcome = AppendOutcome {
                     next: state.log.tail(),
                     closed: true,
                     producer: producer_check.map(|(_, next)| next),
                     appended: false,
-                });
+                };
+                return Ok((outcome, Commit::done()));
             }
             return Err(StreamError::Closed {
                 next: state.log.tail(),
@@ -402,15 +514,29 @@ impl Streams {
                 last: last.clone(),
             });
         }
-        if let Some(messages) = &messages {
-            self.reserve(state.log.byte_len(), messages.encoded.len() as u64)?;
-        }
+        let added = messages.as_ref().map_or(0, |m| m.encoded.len() as u64);
+        self.reserve(log_bytes(&*state.log), added)?;
 
-        // Every check passed: apply the whole request at once.
+        // Every check passed: store the whole request as one mutation.
         let appended = messages.is_some();
-        if let Some(messages) = messages {
-            state.log.append(&messages.encoded, messages.ends);
-        }
+        let closed_by = producer_check
+            .as_ref()
+            .map(|(p, _)| (p.id.clone(), p.epoch, p.seq));
+        let mutation = Mutation {
+            data: messages,
+            producer: producer_check
+                .as_ref()
+                .map(|(p, next)| (p.id.clone(), *next)),
+            stream_seq: request.stream_seq.clone(),
+            close: request.close.then(|| closed_by.clone()),
+        };
+        let commit = match state.log.apply(mutation) {
+            Ok(commit) => commit,
+            Err(e) => {
+                self.memory_used.fetch_sub(added, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         if let Some(seq) = request.stream_seq {
             state.last_seq = Some(seq);
         }
@@ -419,24 +545,24 @@ impl Streams {
         }
         if request.close {
             state.closed = true;
-            state.closed_by = producer_check
-                .as_ref()
-                .map(|(p, _)| (p.id.clone(), p.epoch, p.seq));
+            state.closed_by = closed_by;
         }
-        stream.publish(&state);
-        Ok(AppendOutcome {
+        let outcome = AppendOutcome {
             next: state.log.tail(),
             closed: state.closed,
             producer: producer_check.map(|(_, next)| next),
             appended,
-        })
+        };
+        Ok((outcome, commit))
     }
 
     /// Deletes the stream at `path` (§5.4): soft-deleted while forks read
-    /// from it, removed otherwise.
-    pub fn delete(&self, path: &str) -> Result<(), StreamError> {
+    /// from it, removed otherwise. Answers once the deletion is durable.
+    pub async fn delete(&self, path: &str) -> Result<(), StreamError> {
         let stream = self.get(path, false)?;
-        self.remove(&stream);
+        for commit in self.remove(&stream)? {
+            commit.wait().await?;
+        }
         Ok(())
     }
 
@@ -451,34 +577,47 @@ impl Streams {
             })
             .map(|entry| Arc::clone(entry.value()))
             .collect();
-        expired.iter().for_each(|stream| self.remove(stream));
+        expired.iter().for_each(|stream| self.expire(stream));
         expired.len()
+    }
+
+    /// Removes an expired stream without waiting for the storage to confirm.
+    fn expire(&self, stream: &Arc<Stream>) {
+        if let Err(e) = self.remove(stream) {
+            tracing::error!(stream = %stream.path, error = %e, "cannot remove expired stream");
+        }
     }
 
     /// Ends a stream's life: soft delete while it has forks, otherwise
     /// unregister it and release its source, cascading up the fork chain.
-    fn remove(&self, stream: &Arc<Stream>) {
+    /// Returns the storage commits to wait for.
+    fn remove(&self, stream: &Arc<Stream>) -> Result<Vec<Commit>, StorageError> {
+        let mut commits = Vec::new();
         let mut current = Arc::clone(stream);
         loop {
             {
                 let mut state = current.state.lock();
                 if state.removed {
-                    return;
+                    return Ok(commits);
                 }
                 if state.forks > 0 {
-                    state.soft_deleted = true;
-                    current.publish(&state);
-                    return;
+                    if !state.soft_deleted {
+                        commits.push(state.log.soft_delete()?);
+                        state.soft_deleted = true;
+                    }
+                    current.publish(Offset::ZERO, false, true);
+                    return Ok(commits);
                 }
+                commits.push(state.log.remove()?);
                 state.removed = true;
                 self.memory_used
-                    .fetch_sub(state.log.byte_len(), Ordering::Relaxed);
-                current.publish(&state);
+                    .fetch_sub(log_bytes(&*state.log), Ordering::Relaxed);
+                current.publish(Offset::ZERO, false, true);
             }
             self.map
                 .remove_if(&current.path, |_, s| Arc::ptr_eq(s, &current));
             let Some(fork) = &current.config.fork else {
-                return;
+                return Ok(commits);
             };
             let source = Arc::clone(&fork.source);
             let cascade = {
@@ -487,17 +626,31 @@ impl Streams {
                 state.forks == 0 && state.soft_deleted
             };
             if !cascade {
-                return;
+                return Ok(commits);
             }
             current = source;
         }
+    }
+
+    /// Takes a stream whose change could not be stored out of service: its
+    /// in-memory state may be ahead of storage, so it is unregistered and
+    /// comes back from storage at the next start.
+    fn fail(&self, stream: &Arc<Stream>, error: &StorageError) {
+        tracing::error!(stream = %stream.path, %error, "storage commit failed; stream unavailable until restart");
+        stream.state.lock().failed = true;
+        stream.publish(Offset::ZERO, false, true);
+        self.map
+            .remove_if(&stream.path, |_, s| Arc::ptr_eq(s, stream));
     }
 
     /// Drops a stream built but never registered (lost a creation race).
     fn discard(&self, stream: &Arc<Stream>) {
         let state = stream.state.lock();
         self.memory_used
-            .fetch_sub(state.log.byte_len(), Ordering::Relaxed);
+            .fetch_sub(log_bytes(&*state.log), Ordering::Relaxed);
+        if let Err(e) = state.log.remove() {
+            tracing::warn!(stream = %stream.path, error = %e, "cannot discard a duplicate stream");
+        }
         drop(state);
         if let Some(fork) = &stream.config.fork {
             release_fork_ref(&fork.source);
@@ -528,6 +681,39 @@ impl Streams {
 fn release_fork_ref(source: &Stream) {
     let mut state = source.state.lock();
     state.forks = state.forks.saturating_sub(1);
+}
+
+/// Bytes of data a log holds.
+fn log_bytes(log: &dyn crate::storage::StreamLog) -> u64 {
+    log.tail().bytes - log.base().bytes
+}
+
+/// The persisted form of a stream's configuration.
+fn meta_of(config: &StreamConfig) -> StreamMeta {
+    StreamMeta {
+        content_type: config.content_type.clone(),
+        expiry: match config.expiry {
+            Expiry::Never => ExpiryRecord::Never,
+            Expiry::Ttl(secs) => ExpiryRecord::TtlSecs(secs),
+            Expiry::At(at) => ExpiryRecord::AtUnixNanos(at.unix_timestamp_nanos()),
+        },
+        fork: config.fork.as_ref().map(|fork| ForkRecord {
+            source: fork.source.path.clone(),
+            offset: fork.offset,
+            sub_offset: fork.sub_offset,
+            point: fork.point,
+        }),
+    }
+}
+
+fn expiry_of(record: ExpiryRecord) -> Expiry {
+    match record {
+        ExpiryRecord::Never => Expiry::Never,
+        ExpiryRecord::TtlSecs(secs) => Expiry::Ttl(secs),
+        ExpiryRecord::AtUnixNanos(nanos) => Expiry::At(
+            OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        ),
+    }
 }
 
 /// A non-JSON body is one message.

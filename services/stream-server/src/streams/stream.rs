@@ -4,7 +4,7 @@
 use super::error::StreamError;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
-use crate::storage::memory::{LogSlice, MemoryLog};
+use crate::storage::{LogSlice, StorageError, StreamLog};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub type ProducerTuple = (String, u64, u64);
 /// Protocol state that changes with appends; guarded by [`Stream::state`].
 #[derive(Debug)]
 pub struct StreamState {
-    pub log: MemoryLog,
+    pub log: Arc<dyn StreamLog>,
     pub closed: bool,
     /// The producer request that closed the stream, to recognise its retry.
     pub closed_by: Option<ProducerTuple>,
@@ -72,9 +72,30 @@ pub struct StreamState {
     pub removed: bool,
     /// Forks whose inherited data comes from this stream.
     pub forks: usize,
+    /// A change could not be stored; the stream refuses further requests.
+    pub failed: bool,
 }
 
-/// What live readers watch: the tail and whether the stream has ended.
+impl StreamState {
+    /// The state of a stream that was just created or loaded.
+    pub fn new(log: Arc<dyn StreamLog>, closed: bool) -> Self {
+        StreamState {
+            log,
+            closed,
+            closed_by: None,
+            producers: HashMap::new(),
+            last_seq: None,
+            last_access: Instant::now(),
+            soft_deleted: false,
+            removed: false,
+            forks: 0,
+            failed: false,
+        }
+    }
+}
+
+/// What readers may see: the durable tail and whether the stream has
+/// ended. Live readers watch it for changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {
     pub next: Offset,
@@ -89,7 +110,11 @@ pub struct Stream {
     pub path: String,
     pub config: StreamConfig,
     pub state: Mutex<StreamState>,
-    tail: watch::Sender<Tail>,
+    /// Published only once changes are durable (§ "visibility follows
+    /// durability"); reads never go past it.
+    visible: watch::Sender<Tail>,
+    /// Reads may block on disk I/O and run on the blocking pool.
+    blocking_reads: bool,
 }
 
 /// A read's answer: data ending on a message boundary, and where it ended.
@@ -109,42 +134,47 @@ impl ReadResult {
 }
 
 impl Stream {
-    pub fn new(path: String, config: StreamConfig, log: MemoryLog, closed: bool) -> Self {
-        let next = log.tail();
+    /// A stream whose state is `state`; nothing is visible to readers until
+    /// [`Stream::publish`] says so.
+    pub fn new(path: String, config: StreamConfig, state: StreamState) -> Self {
+        let blocking_reads = state.log.reads_block();
+        let visible = Tail {
+            next: state.log.base(),
+            closed: false,
+            gone: false,
+        };
         Stream {
             path,
             config,
-            state: Mutex::new(StreamState {
-                log,
-                closed,
-                closed_by: None,
-                producers: HashMap::new(),
-                last_seq: None,
-                last_access: Instant::now(),
-                soft_deleted: false,
-                removed: false,
-                forks: 0,
-            }),
-            tail: watch::Sender::new(Tail {
-                next,
-                closed,
-                gone: false,
-            }),
+            state: Mutex::new(state),
+            visible: watch::Sender::new(visible),
+            blocking_reads,
         }
     }
 
-    /// Watches the tail; the receiver sees every change after this call.
+    /// Watches the visible tail; the receiver sees every change after this call.
     pub fn subscribe(&self) -> watch::Receiver<Tail> {
-        self.tail.subscribe()
+        self.visible.subscribe()
     }
 
-    /// Tells live readers about a new tail or state (call with the state
-    /// lock held so notifications follow the order of changes).
-    pub fn publish(&self, state: &StreamState) {
-        self.tail.send_replace(Tail {
-            next: state.log.tail(),
-            closed: state.closed,
-            gone: state.removed || state.soft_deleted,
+    /// What readers may see now.
+    pub fn visible(&self) -> Tail {
+        *self.visible.borrow()
+    }
+
+    /// Makes durable changes visible and wakes live readers. Merges
+    /// monotonically, so commits published out of order never move the
+    /// tail back or reopen the stream.
+    pub fn publish(&self, next: Offset, closed: bool, gone: bool) {
+        self.visible.send_if_modified(|tail| {
+            let merged = Tail {
+                next: tail.next.max(next),
+                closed: tail.closed || closed,
+                gone: tail.gone || gone,
+            };
+            let changed = merged != *tail;
+            *tail = merged;
+            changed
         });
     }
 
@@ -157,37 +187,54 @@ impl Stream {
         }
     }
 
-    /// Whether `offset` names a message boundary of this stream, inherited
-    /// data and the tail included.
-    pub fn has_boundary(&self, offset: Offset) -> bool {
+    /// Whether `offset` names a visible message boundary of this stream,
+    /// inherited data and the tail included.
+    pub fn has_boundary(&self, offset: Offset) -> Result<bool, StorageError> {
         if let Some(fork) = &self.config.fork
             && offset.bytes < fork.point.bytes
         {
             return fork.source.has_boundary(offset);
         }
-        self.state.lock().log.boundary_at(offset.bytes) == Some(offset)
+        if offset > self.visible().next {
+            return Ok(false);
+        }
+        let log = Arc::clone(&self.state.lock().log);
+        Ok(log.boundary_at(offset.bytes)? == Some(offset))
     }
 
-    /// Reads up to `max_bytes` from `from`, stitching inherited fork data
-    /// and the stream's own data into one answer.
+    /// [`Stream::read`], on the blocking pool when reads touch the disk.
+    pub async fn read_async(
+        self: &Arc<Self>,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StreamError> {
+        if !self.blocking_reads {
+            return self.read(from, max_bytes);
+        }
+        let stream = Arc::clone(self);
+        tokio::task::spawn_blocking(move || stream.read(from, max_bytes))
+            .await
+            .map_err(|e| StreamError::Storage(StorageError::Io(e.to_string())))?
+    }
+
+    /// Reads up to `max_bytes` of visible data from `from`, stitching
+    /// inherited fork data and the stream's own data into one answer.
     pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadResult, StreamError> {
-        if !self.has_boundary(from) {
+        if !self.has_boundary(from)? {
             return Err(StreamError::OffsetNotInStream { offset: from });
         }
+        // Snapshot what is visible first: the answer never goes past it.
+        let visible = self.visible();
         let mut slice = match &self.config.fork {
             Some(fork) if from.bytes < fork.point.bytes => {
-                fork.source.read_until(from, fork.point.bytes, max_bytes)
+                fork.source.read_until(from, fork.point.bytes, max_bytes)?
             }
-            _ => LogSlice {
-                data: Vec::new(),
-                next: from,
-            },
+            _ => LogSlice::empty(from),
         };
-        let mut state = self.state.lock();
-        let own_from = slice.next;
+        let log = Arc::clone(&self.state.lock().log);
         let budget = max_bytes.saturating_sub(slice.len());
-        if own_from >= state.log.base() && (slice.is_empty() || budget > 0) {
-            let own = state.log.read(own_from, None, budget.max(1));
+        if slice.next >= log.base() && (slice.is_empty() || budget > 0) {
+            let own = log.read(slice.next, visible.next.bytes, budget.max(1))?;
             if !own.is_empty() {
                 slice.data.extend(own.data);
                 slice.next = own.next;
@@ -195,29 +242,35 @@ impl Stream {
         }
         Ok(ReadResult {
             slice,
-            tail: state.log.tail(),
-            closed: state.closed,
+            tail: visible.next,
+            closed: visible.closed,
         })
     }
 
     /// Reads inherited data for a fork, stopping at `limit` (a byte position).
-    fn read_until(&self, from: Offset, limit: u64, max_bytes: usize) -> LogSlice {
+    fn read_until(
+        &self,
+        from: Offset,
+        limit: u64,
+        max_bytes: usize,
+    ) -> Result<LogSlice, StorageError> {
+        let log = Arc::clone(&self.state.lock().log);
         match &self.config.fork {
             Some(fork) if from.bytes < fork.point.bytes => {
                 let mut slice =
                     fork.source
-                        .read_until(from, fork.point.bytes.min(limit), max_bytes);
+                        .read_until(from, fork.point.bytes.min(limit), max_bytes)?;
                 let budget = max_bytes.saturating_sub(slice.len());
                 if slice.next.bytes == fork.point.bytes && limit > fork.point.bytes && budget > 0 {
-                    let own = self.state.lock().log.read(fork.point, Some(limit), budget);
+                    let own = log.read(fork.point, limit, budget)?;
                     if !own.is_empty() {
                         slice.data.extend(own.data);
                         slice.next = own.next;
                     }
                 }
-                slice
+                Ok(slice)
             }
-            _ => self.state.lock().log.read(from, Some(limit), max_bytes),
+            _ => log.read(from, limit, max_bytes),
         }
     }
 }
