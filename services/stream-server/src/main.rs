@@ -22,20 +22,6 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let scheme = if config.tls.cert_path.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(
-            storage = %config.storage.mode,
-            "listening on {scheme}://{addr}{} (storage mode: {})",
-            config.http.stream_base_path,
-            config.storage.mode
-        ),
-        Err(e) => tracing::warn!("listening, but the local address is unknown: {e}"),
-    }
     match server::serve(config, listener, shutdown::signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

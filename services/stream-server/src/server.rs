@@ -58,12 +58,24 @@ pub async fn serve(
         },
     };
     let streams = Arc::new(Streams::open(engine, limits)?);
-    tracing::info!(
-        streams = streams.len(),
-        mode = %config.storage.mode,
-        data_dir = %config.storage.data_dir.display(),
-        "storage opened"
-    );
+    let scheme = if config.tls.cert_path.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = listener.local_addr()?;
+    match config.storage.mode {
+        StorageMode::Memory => tracing::info!(
+            "listening on {scheme}://{addr}{} (storage mode: memory)",
+            config.http.stream_base_path
+        ),
+        mode => tracing::info!(
+            "listening on {scheme}://{addr}{} (storage mode: {mode}, data dir {}, {} streams recovered)",
+            config.http.stream_base_path,
+            config.storage.data_dir.display(),
+            streams.len()
+        ),
+    }
     let token = ShutdownToken::new();
     let state = AppState {
         streams: Arc::clone(&streams),
