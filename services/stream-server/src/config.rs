@@ -43,7 +43,7 @@ Environment (defaults in brackets):
   DS_LIMITS__MAX_MEMORY_BYTES              total in-memory data limit, 0 = none [4294967296]
   DS_LIMITS__MAX_PATH_BYTES                longest stream path [1024]
   DS_LIMITS__MAX_PATH_SEGMENTS             most '/'-separated path segments [32]
-  DS_STORAGE__MODE                         storage engine: memory [memory]
+  DS_STORAGE__MODE                         storage engine: memory, acid (alias redb) [memory]
   DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
   DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
   RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
