@@ -43,8 +43,9 @@ Environment (defaults in brackets):
   DS_LIMITS__MAX_MEMORY_BYTES              total in-memory data limit, 0 = none [4294967296]
   DS_LIMITS__MAX_PATH_BYTES                longest stream path [1024]
   DS_LIMITS__MAX_PATH_SEGMENTS             most '/'-separated path segments [32]
-  DS_STORAGE__MODE                         storage engine: memory, acid (alias redb) [memory]
+  DS_STORAGE__MODE                         memory, file-fast, file-durable, acid (alias redb) [memory]
   DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
+  DS_STORAGE__SYNC_INTERVAL_MS             file-fast: background fdatasync interval [1000]
   DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
   RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
 
@@ -126,6 +127,7 @@ impl Default for LimitsConfig {
 pub struct StorageConfig {
     pub mode: StorageMode,
     pub data_dir: PathBuf,
+    pub sync_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -133,6 +135,7 @@ impl Default for StorageConfig {
         StorageConfig {
             mode: StorageMode::Memory,
             data_dir: PathBuf::from("./data"),
+            sync_interval_ms: 1000,
         }
     }
 }
@@ -200,6 +203,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "http.stream_base_path",
                 reason: format!("must start with '/' and not end with one, got {base:?}"),
+            });
+        }
+        if self.storage.sync_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "storage.sync_interval_ms",
+                reason: "must be at least 1".into(),
             });
         }
         if self.http.max_read_bytes == 0 {

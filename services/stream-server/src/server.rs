@@ -48,7 +48,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let engine = storage::open(config.storage.mode, &config.storage.data_dir)?;
+    let engine = storage::open(
+        config.storage.mode,
+        &config.storage.data_dir,
+        Duration::from_millis(config.storage.sync_interval_ms),
+    )?;
     let limits = StorageLimits {
         max_stream_bytes: config.limits.max_stream_bytes,
         // Only in-memory data counts against the memory limit.
@@ -57,7 +61,7 @@ pub async fn serve(
             _ => 0,
         },
     };
-    let streams = Arc::new(Streams::open(engine, limits)?);
+    let streams = Arc::new(Streams::open(Arc::clone(&engine), limits)?);
     let scheme = if config.tls.cert_path.is_some() {
         "https"
     } else {
@@ -118,6 +122,8 @@ pub async fn serve(
                 .await?;
         }
     }
+    // Requests have drained: make everything acknowledged durable.
+    engine.flush()?;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -14,9 +14,11 @@
 //! * Mutations of one stream are applied in the order they are submitted.
 //!
 //! * [`memory`] — nothing on disk; commits are immediate.
+//! * [`file`] — `file-fast` and `file-durable`: checksummed log files.
 //! * [`redb`] — the `acid` mode: every change in one redb transaction with
 //!   immediate durability, concurrent requests grouped into one transaction.
 
+pub mod file;
 pub mod memory;
 pub mod redb;
 
@@ -36,6 +38,10 @@ pub enum StorageMode {
     /// In memory; lost on restart.
     #[default]
     Memory,
+    /// Log files; acknowledged once written to the OS, synced on an interval.
+    FileFast,
+    /// Log files; acknowledged once synced, concurrent appends sharing syncs.
+    FileDurable,
     /// redb with a durable commit per group of requests.
     #[serde(alias = "redb")]
     Acid,
@@ -45,6 +51,8 @@ impl fmt::Display for StorageMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StorageMode::Memory => "memory",
+            StorageMode::FileFast => "file-fast",
+            StorageMode::FileDurable => "file-durable",
             StorageMode::Acid => "acid",
         })
     }
@@ -214,15 +222,28 @@ pub trait Engine: Send + Sync + fmt::Debug {
         initial: Vec<JsonMessages>,
         closed: bool,
     ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError>;
+
+    /// Makes everything acknowledged so far durable (called at shutdown).
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Opens the engine configured by `mode`.
 pub fn open(
     mode: StorageMode,
     data_dir: &std::path::Path,
+    sync_interval: std::time::Duration,
 ) -> Result<Arc<dyn Engine>, StorageError> {
     Ok(match mode {
         StorageMode::Memory => Arc::new(memory::MemoryEngine),
+        StorageMode::FileFast => Arc::new(file::FileEngine::open(
+            data_dir,
+            file::Sync::Interval(sync_interval),
+        )?),
+        StorageMode::FileDurable => {
+            Arc::new(file::FileEngine::open(data_dir, file::Sync::EveryAppend)?)
+        }
         StorageMode::Acid => Arc::new(redb::RedbEngine::open(data_dir)?),
     })
 }

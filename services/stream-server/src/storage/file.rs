@@ -1,0 +1,923 @@
+//! The `file-fast` and `file-durable` engines: one directory per stream
+//! holding its configuration and an append-only log of checksummed records.
+//!
+//! Layout under the data directory:
+//! * `FORMAT` — the on-disk format; another value refuses to start.
+//! * `streams/<id>/meta.json` — path, configuration and start offset,
+//!   written before the directory is renamed into place, so a stream is
+//!   either fully created or absent.
+//! * `streams/<id>/log` — one record per request: `len u32 | crc32 u32 |
+//!   body`. A body holds everything the request changed (data, producer
+//!   state, `Stream-Seq`, closure) so they persist atomically: a torn or
+//!   corrupt record is dropped whole at startup and the log truncated there.
+//! * `trash/` — deleted streams, renamed here (atomic) and then removed.
+//!
+//! Every append is written to the OS before it is acknowledged, so it
+//! survives a crash of the process. `file-durable` also waits for
+//! `fdatasync` before acknowledging; concurrent appends share one sync pass
+//! (group commit). `file-fast` syncs every `sync_interval` in the background.
+//! Reads `pread` only the records they need, found through a sparse index,
+//! so memory does not grow with stream size.
+
+use super::{
+    ClosedBy, Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta,
+};
+use crate::protocol::json::JsonMessages;
+use crate::protocol::offset::Offset;
+use crate::protocol::producer::ProducerState;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const FORMAT: &str = "durable-streams-rs file v1";
+const FORMAT_FILE: &str = "FORMAT";
+const META_FILE: &str = "meta.json";
+const LOG_FILE: &str = "log";
+/// A sparse index entry is kept for every this many bytes of log.
+const INDEX_EVERY: u64 = 64 * 1024;
+/// Bytes read per `pread` when scanning records.
+const READ_BLOCK: usize = 256 * 1024;
+/// Record header: body length and its CRC-32.
+const HEADER: usize = 8;
+
+const KIND_MUTATION: u8 = 1;
+const KIND_SOFT_DELETE: u8 = 2;
+
+const HAS_DATA: u8 = 1;
+const HAS_PRODUCER: u8 = 2;
+const HAS_SEQ: u8 = 4;
+const CLOSES: u8 = 8;
+const HAS_CLOSED_BY: u8 = 16;
+
+fn io(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+/// How appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// `fdatasync` before acknowledging.
+    EveryAppend,
+    /// `fdatasync` in the background at this interval.
+    Interval(Duration),
+}
+
+/// A stream's `meta.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaFile {
+    path: String,
+    base: Offset,
+    meta: StreamMeta,
+}
+
+/// The engine of `file-fast` and `file-durable`.
+#[derive(Debug)]
+pub struct FileEngine {
+    dir: PathBuf,
+    sync: Sync,
+    next_id: AtomicU64,
+    syncer: Syncer,
+}
+
+impl FileEngine {
+    /// Opens (or initialises) `data_dir`, refusing one of another format.
+    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, StorageError> {
+        fs::create_dir_all(data_dir).map_err(io)?;
+        let format_path = data_dir.join(FORMAT_FILE);
+        match fs::read_to_string(&format_path) {
+            Ok(found) if found.trim() == FORMAT => {}
+            Ok(found) => {
+                return Err(StorageError::IncompatibleDataDir {
+                    dir: data_dir.display().to_string(),
+                    found: found.trim().to_owned(),
+                    expected: FORMAT.into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if fs::read_dir(data_dir).map_err(io)?.next().is_some() {
+                    return Err(StorageError::IncompatibleDataDir {
+                        dir: data_dir.display().to_string(),
+                        found: "files of another storage mode".into(),
+                        expected: FORMAT.into(),
+                    });
+                }
+                write_durably(&format_path, format!("{FORMAT}\n").as_bytes())?;
+            }
+            Err(e) => return Err(io(e)),
+        }
+        fs::create_dir_all(data_dir.join("streams")).map_err(io)?;
+        fs::create_dir_all(data_dir.join("trash")).map_err(io)?;
+        // Rises towards the hard limit: every stream keeps its log open.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!("cannot raise the open file limit: {e}");
+        }
+        Ok(FileEngine {
+            dir: data_dir.to_owned(),
+            sync,
+            next_id: AtomicU64::new(1),
+            syncer: Syncer::start(sync)?,
+        })
+    }
+
+    fn streams_dir(&self) -> PathBuf {
+        self.dir.join("streams")
+    }
+
+    fn open_log(
+        &self,
+        id: u64,
+        dir: PathBuf,
+        path: &str,
+        base: Offset,
+    ) -> Result<FileLog, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .map_err(io)?;
+        Ok(FileLog {
+            id,
+            path: path.to_owned(),
+            dir,
+            trash: self.dir.join("trash"),
+            base,
+            file: Arc::new(file),
+            writer: Mutex::new(Writer {
+                len: 0,
+                tail: base,
+                index: Vec::new(),
+            }),
+            sync: self.sync,
+            syncer: self.syncer.clone(),
+        })
+    }
+}
+
+impl Engine for FileEngine {
+    fn recover(&self) -> Result<Vec<Recovered>, StorageError> {
+        // Deletions interrupted by a crash finish now.
+        for entry in fs::read_dir(self.dir.join("trash")).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            fs::remove_dir_all(entry.path()).map_err(io)?;
+        }
+        let mut dirs = Vec::new();
+        for entry in fs::read_dir(self.streams_dir()).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match name.parse::<u64>() {
+                Ok(id) => dirs.push((id, entry.path())),
+                // A creation that never completed: never visible, so drop it.
+                Err(_) => fs::remove_dir_all(entry.path()).map_err(io)?,
+            }
+        }
+        dirs.sort_by_key(|(id, _)| *id);
+        let mut recovered = Vec::with_capacity(dirs.len());
+        for (id, dir) in dirs {
+            self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+            let meta: MetaFile =
+                serde_json::from_slice(&fs::read(dir.join(META_FILE)).map_err(io)?)
+                    .map_err(|e| StorageError::Corrupt(format!("{}: {e}", dir.display())))?;
+            let log = self.open_log(id, dir, &meta.path, meta.base)?;
+            let replayed = log.replay()?;
+            recovered.push(Recovered {
+                path: meta.path,
+                meta: meta.meta,
+                log: Arc::new(log),
+                closed: replayed.closed,
+                closed_by: replayed.closed_by,
+                producers: replayed.producers.into_iter().collect(),
+                last_seq: replayed.last_seq,
+                soft_deleted: replayed.soft_deleted,
+            });
+        }
+        Ok(recovered)
+    }
+
+    fn create(
+        &self,
+        path: &str,
+        meta: &StreamMeta,
+        base: Offset,
+        initial: Vec<JsonMessages>,
+        closed: bool,
+    ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let staging = self.streams_dir().join(format!("{id}.new"));
+        let dir = self.streams_dir().join(id.to_string());
+        fs::create_dir_all(&staging).map_err(io)?;
+        let meta_file = MetaFile {
+            path: path.to_owned(),
+            base,
+            meta: meta.clone(),
+        };
+        let meta_json = serde_json::to_vec_pretty(&meta_file).map_err(io)?;
+        let durable = self.sync == Sync::EveryAppend;
+        let mut records = Vec::new();
+        let mut tail = base;
+        for messages in &initial {
+            let mutation = Mutation {
+                data: Some(messages.clone()),
+                ..Mutation::default()
+            };
+            records.extend(encode_mutation(&mutation, &mut tail));
+        }
+        if closed {
+            let mutation = Mutation {
+                close: Some(None),
+                ..Mutation::default()
+            };
+            records.extend(encode_mutation(&mutation, &mut tail));
+        }
+        let written = (|| -> std::io::Result<()> {
+            write_file(&staging.join(META_FILE), &meta_json, durable)?;
+            write_file(&staging.join(LOG_FILE), &records, durable)?;
+            // The rename makes the stream exist, all at once.
+            fs::rename(&staging, &dir)?;
+            if durable {
+                File::open(self.streams_dir())?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io(e));
+        }
+        let log = self.open_log(id, dir, path, base)?;
+        log.replay()?;
+        Ok((Arc::new(log), Commit::done()))
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.syncer.flush()
+    }
+}
+
+/// Writes a new file, optionally synced.
+fn write_file(path: &Path, contents: &[u8], sync: bool) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(contents)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Writes a small file so it is complete or absent after a crash.
+fn write_durably(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
+    let staging = path.with_extension("new");
+    write_file(&staging, contents, true).map_err(io)?;
+    fs::rename(&staging, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// One stream's log file.
+#[derive(Debug)]
+pub struct FileLog {
+    id: u64,
+    path: String,
+    dir: PathBuf,
+    trash: PathBuf,
+    base: Offset,
+    file: Arc<File>,
+    writer: Mutex<Writer>,
+    sync: Sync,
+    syncer: Syncer,
+}
+
+/// Where the log ends, and the sparse index of its data records.
+#[derive(Debug)]
+struct Writer {
+    /// Bytes in the log file.
+    len: u64,
+    tail: Offset,
+    index: Vec<IndexEntry>,
+}
+
+/// The first data record at or after some log position.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    /// Stream position where the record's data starts.
+    data_start: u64,
+    /// Log file position of the record.
+    file_pos: u64,
+}
+
+impl Writer {
+    fn note_data_record(&mut self, data_start: u64, file_pos: u64) {
+        let due = self
+            .index
+            .last()
+            .is_none_or(|last| file_pos >= last.file_pos + INDEX_EVERY);
+        if due {
+            self.index.push(IndexEntry {
+                data_start,
+                file_pos,
+            });
+        }
+    }
+}
+
+/// State rebuilt by replaying a log.
+#[derive(Debug, Default)]
+struct Replayed {
+    closed: bool,
+    closed_by: Option<ClosedBy>,
+    producers: HashMap<String, ProducerState>,
+    last_seq: Option<String>,
+    soft_deleted: bool,
+}
+
+impl FileLog {
+    /// Reads the whole log once: verifies every record, truncates a torn
+    /// or corrupt tail, rebuilds the index and the protocol state.
+    fn replay(&self) -> Result<Replayed, StorageError> {
+        let mut replayed = Replayed::default();
+        let mut writer = self.writer.lock();
+        let file_len = self.file.metadata().map_err(io)?.len();
+        let mut records = Records::new(&self.file, 0, file_len);
+        let mut tail = self.base;
+        let end = loop {
+            let pos = records.pos;
+            match records.next_record() {
+                Ok(None) => break pos,
+                Err(reason) => {
+                    tracing::warn!(
+                        stream = %self.path,
+                        position = pos,
+                        discarded_bytes = file_len - pos,
+                        %reason,
+                        "damaged log tail discarded"
+                    );
+                    self.file.set_len(pos).map_err(io)?;
+                    self.file.sync_all().map_err(io)?;
+                    break pos;
+                }
+                Ok(Some(body)) => match decode(&body) {
+                    Ok(Decoded::Mutation(record)) => {
+                        if let Some(chunk) = &record.chunk {
+                            if chunk.start() != tail.bytes {
+                                return Err(StorageError::Corrupt(format!(
+                                    "{}: record at {pos} starts at byte {}, expected {}",
+                                    self.dir.display(),
+                                    chunk.start(),
+                                    tail.bytes
+                                )));
+                            }
+                            writer.note_data_record(tail.bytes, pos);
+                            tail = Offset::new(chunk.messages_end, chunk.end);
+                        }
+                        if let Some((id, state)) = record.producer {
+                            replayed.producers.insert(id, state);
+                        }
+                        if let Some(seq) = record.stream_seq {
+                            replayed.last_seq = Some(seq);
+                        }
+                        if record.closes {
+                            replayed.closed = true;
+                            replayed.closed_by = record.closed_by;
+                        }
+                    }
+                    Ok(Decoded::SoftDelete) => replayed.soft_deleted = true,
+                    Err(e) => return Err(e),
+                },
+            }
+        };
+        writer.len = end;
+        writer.tail = tail;
+        Ok(replayed)
+    }
+
+    /// Appends encoded records under the writer lock; undoes a partial
+    /// write so the log never holds half a record.
+    fn write(&self, writer: &mut Writer, record: &[u8]) -> Result<(), StorageError> {
+        let result = (&*self.file).write_all(record);
+        if let Err(e) = result {
+            let _ = self.file.set_len(writer.len);
+            return Err(io(e));
+        }
+        writer.len += record.len() as u64;
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<Commit, StorageError> {
+        match self.sync {
+            Sync::EveryAppend => self.syncer.sync(Arc::clone(&self.file)),
+            Sync::Interval(_) => {
+                self.syncer.mark_dirty(self.id, Arc::clone(&self.file));
+                Ok(Commit::done())
+            }
+        }
+    }
+
+    /// The chunks whose data ends after `from`, in order, starting near it.
+    fn scan_from(&self, from: u64) -> Records<'_> {
+        let (start, len) = {
+            let writer = self.writer.lock();
+            let i = writer.index.partition_point(|e| e.data_start <= from);
+            let start = if i == 0 {
+                0
+            } else {
+                writer.index[i - 1].file_pos
+            };
+            (start, writer.len)
+        };
+        Records::new(&self.file, start, len)
+    }
+}
+
+impl StreamLog for FileLog {
+    fn base(&self) -> Offset {
+        self.base
+    }
+
+    fn tail(&self) -> Offset {
+        self.writer.lock().tail
+    }
+
+    fn boundary_at(&self, bytes: u64) -> Result<Option<Offset>, StorageError> {
+        if bytes == self.base.bytes {
+            return Ok(Some(self.base));
+        }
+        let mut records = self.scan_from(bytes.saturating_sub(1));
+        while let Some(body) = records.next_record().map_err(StorageError::Corrupt)? {
+            if let Decoded::Mutation(MutationRecord {
+                chunk: Some(chunk), ..
+            }) = decode(&body)?
+            {
+                if chunk.end >= bytes {
+                    return Ok(chunk.boundary_at(bytes));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
+        let mut slice = LogSlice::empty(from);
+        if from.bytes >= limit {
+            return Ok(slice);
+        }
+        let mut budget = max_bytes;
+        let mut records = self.scan_from(from.bytes);
+        while let Some(body) = records.next_record().map_err(StorageError::Corrupt)? {
+            let Decoded::Mutation(MutationRecord {
+                chunk: Some(chunk), ..
+            }) = decode(&body)?
+            else {
+                continue;
+            };
+            if chunk.end <= slice.next.bytes {
+                continue;
+            }
+            // The limit is a message boundary, so this never cuts one.
+            let room = budget.min((limit - slice.next.bytes) as usize);
+            let Some((data, next)) = chunk.slice_from(slice.next, room, slice.is_empty()) else {
+                break;
+            };
+            budget = budget.saturating_sub(data.len());
+            slice.data.push(data);
+            slice.next = next;
+            if next.bytes < chunk.end || budget == 0 || next.bytes >= limit {
+                break;
+            }
+        }
+        Ok(slice)
+    }
+
+    fn reads_block(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError> {
+        let mut writer = self.writer.lock();
+        let mut tail = writer.tail;
+        let record = encode_mutation(&mutation, &mut tail);
+        let record_pos = writer.len;
+        let data_start = writer.tail.bytes;
+        self.write(&mut writer, &record)?;
+        if mutation.data.is_some() {
+            writer.note_data_record(data_start, record_pos);
+        }
+        writer.tail = tail;
+        drop(writer);
+        self.commit()
+    }
+
+    fn soft_delete(&self) -> Result<Commit, StorageError> {
+        let mut writer = self.writer.lock();
+        self.write(&mut writer, &frame(&[KIND_SOFT_DELETE]))?;
+        drop(writer);
+        self.commit()
+    }
+
+    fn remove(&self) -> Result<Commit, StorageError> {
+        let target = self.trash.join(self.id.to_string());
+        fs::rename(&self.dir, &target).map_err(io)?;
+        if self.sync == Sync::EveryAppend
+            && let Some(parent) = self.dir.parent()
+        {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.syncer.forget(self.id);
+        fs::remove_dir_all(&target).map_err(io)?;
+        Ok(Commit::done())
+    }
+}
+
+/// Frames a record body: length, CRC-32, body.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes one request's changes as a framed record, advancing `tail`.
+fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8> {
+    let mut flags = 0;
+    let mut body = vec![KIND_MUTATION, 0];
+    if let Some(messages) = &mutation.data {
+        flags |= HAS_DATA;
+        let end = tail.bytes + messages.encoded.len() as u64;
+        let messages_end = tail.messages + messages.ends.len() as u64;
+        body.extend_from_slice(&messages_end.to_le_bytes());
+        body.extend_from_slice(&end.to_le_bytes());
+        body.extend_from_slice(&(messages.ends.len() as u32).to_le_bytes());
+        for &e in &messages.ends {
+            body.extend_from_slice(&(e as u32).to_le_bytes());
+        }
+        body.extend_from_slice(&messages.encoded);
+        *tail = Offset::new(messages_end, end);
+    }
+    if let Some((id, state)) = &mutation.producer {
+        flags |= HAS_PRODUCER;
+        body.extend_from_slice(&state.epoch.to_le_bytes());
+        body.extend_from_slice(&state.last_seq.to_le_bytes());
+        put_str(&mut body, id);
+    }
+    if let Some(seq) = &mutation.stream_seq {
+        flags |= HAS_SEQ;
+        put_str(&mut body, seq);
+    }
+    if let Some(closed_by) = &mutation.close {
+        flags |= CLOSES;
+        if let Some((id, epoch, seq)) = closed_by {
+            flags |= HAS_CLOSED_BY;
+            put_str(&mut body, id);
+            body.extend_from_slice(&epoch.to_le_bytes());
+            body.extend_from_slice(&seq.to_le_bytes());
+        }
+    }
+    body[1] = flags;
+    frame(&body)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// One appended batch of messages, as stored.
+#[derive(Debug)]
+struct Chunk {
+    messages_end: u64,
+    /// Stream position where the chunk ends.
+    end: u64,
+    /// End of each message relative to the chunk's start.
+    ends: Vec<u32>,
+    data: Bytes,
+}
+
+impl Chunk {
+    fn start(&self) -> u64 {
+        self.end - self.data.len() as u64
+    }
+
+    fn boundary_at(&self, bytes: u64) -> Option<Offset> {
+        let relative = u32::try_from(bytes.checked_sub(self.start())?).ok()?;
+        let index = self.ends.binary_search(&relative).ok()?;
+        let after = (self.ends.len() - 1 - index) as u64;
+        Some(Offset::new(self.messages_end - after, bytes))
+    }
+
+    /// Data from `from` (a boundary in this chunk) up to the last message
+    /// boundary within `budget`; with `at_least_one`, the first message
+    /// even when it alone is over budget.
+    fn slice_from(
+        &self,
+        from: Offset,
+        budget: usize,
+        at_least_one: bool,
+    ) -> Option<(Bytes, Offset)> {
+        let relative_from = from.bytes.checked_sub(self.start())? as usize;
+        let first = self
+            .ends
+            .partition_point(|&e| (e as usize) <= relative_from);
+        let mut last = None;
+        for (i, &end) in self.ends.iter().enumerate().skip(first) {
+            let size = end as usize - relative_from;
+            if size > budget && !(at_least_one && last.is_none()) {
+                break;
+            }
+            last = Some(i);
+            if size >= budget {
+                break;
+            }
+        }
+        let last = last?;
+        let end = self.ends[last] as usize;
+        let after = (self.ends.len() - 1 - last) as u64;
+        Some((
+            self.data.slice(relative_from..end),
+            Offset::new(self.messages_end - after, self.start() + end as u64),
+        ))
+    }
+}
+
+#[derive(Debug, Default)]
+struct MutationRecord {
+    chunk: Option<Chunk>,
+    producer: Option<(String, ProducerState)>,
+    stream_seq: Option<String>,
+    closes: bool,
+    closed_by: Option<ClosedBy>,
+}
+
+enum Decoded {
+    Mutation(MutationRecord),
+    SoftDelete,
+}
+
+/// Reads fields from a record body.
+struct Cursor<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
+        let out = self
+            .body
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| StorageError::Corrupt("record body is truncated".into()))?;
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, StorageError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, StorageError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn string(&mut self) -> Result<String, StorageError> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec())
+            .map_err(|_| StorageError::Corrupt("record string is not UTF-8".into()))
+    }
+}
+
+fn decode(body: &Bytes) -> Result<Decoded, StorageError> {
+    let mut c = Cursor { body, pos: 0 };
+    match c.take(1)?[0] {
+        KIND_SOFT_DELETE => Ok(Decoded::SoftDelete),
+        KIND_MUTATION => {
+            let flags = c.take(1)?[0];
+            let mut record = MutationRecord::default();
+            if flags & HAS_DATA != 0 {
+                let messages_end = c.u64()?;
+                let end = c.u64()?;
+                let count = c.u32()? as usize;
+                let ends = (0..count).map(|_| c.u32()).collect::<Result<Vec<_>, _>>()?;
+                let len = ends.last().copied().unwrap_or(0) as usize;
+                let start = c.pos;
+                c.take(len)?;
+                record.chunk = Some(Chunk {
+                    messages_end,
+                    end,
+                    ends,
+                    data: body.slice(start..start + len),
+                });
+            }
+            if flags & HAS_PRODUCER != 0 {
+                let epoch = c.u64()?;
+                let last_seq = c.u64()?;
+                record.producer = Some((c.string()?, ProducerState { epoch, last_seq }));
+            }
+            if flags & HAS_SEQ != 0 {
+                record.stream_seq = Some(c.string()?);
+            }
+            if flags & CLOSES != 0 {
+                record.closes = true;
+                if flags & HAS_CLOSED_BY != 0 {
+                    let id = c.string()?;
+                    let epoch = c.u64()?;
+                    let seq = c.u64()?;
+                    record.closed_by = Some((id, epoch, seq));
+                }
+            }
+            Ok(Decoded::Mutation(record))
+        }
+        other => Err(StorageError::Corrupt(format!(
+            "unknown record kind {other}"
+        ))),
+    }
+}
+
+/// Sequential, checksum-verified reading of records with large `pread`s.
+struct Records<'a> {
+    file: &'a File,
+    /// Log position of the next record.
+    pos: u64,
+    /// Log length to read up to.
+    len: u64,
+    buffer: Bytes,
+    /// Log position of `buffer[0]`.
+    buffer_pos: u64,
+}
+
+impl<'a> Records<'a> {
+    fn new(file: &'a File, pos: u64, len: u64) -> Self {
+        Records {
+            file,
+            pos,
+            len,
+            buffer: Bytes::new(),
+            buffer_pos: pos,
+        }
+    }
+
+    /// Bytes `[pos, pos + n)` of the log, reading more when needed.
+    fn bytes(&mut self, pos: u64, n: usize) -> Result<Bytes, String> {
+        let buffered_end = self.buffer_pos + self.buffer.len() as u64;
+        if pos < self.buffer_pos || pos + n as u64 > buffered_end {
+            let want = n.max(READ_BLOCK).min((self.len - pos) as usize);
+            if want < n {
+                return Err(format!("record at {pos} runs past the end of the log"));
+            }
+            let mut buf = vec![0u8; want];
+            self.file
+                .read_exact_at(&mut buf, pos)
+                .map_err(|e| format!("read at {pos}: {e}"))?;
+            self.buffer = Bytes::from(buf);
+            self.buffer_pos = pos;
+        }
+        let at = (pos - self.buffer_pos) as usize;
+        Ok(self.buffer.slice(at..at + n))
+    }
+
+    /// The next record's verified body; `Ok(None)` at the end of the log;
+    /// `Err` with the reason for a torn or corrupt record.
+    fn next_record(&mut self) -> Result<Option<Bytes>, String> {
+        if self.pos >= self.len {
+            return Ok(None);
+        }
+        if self.len - self.pos < HEADER as u64 {
+            return Err(format!("torn record header at {}", self.pos));
+        }
+        let header = self.bytes(self.pos, HEADER)?;
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let body = self.bytes(self.pos + HEADER as u64, body_len)?;
+        if crc32fast::hash(&body) != crc {
+            return Err(format!("checksum mismatch in record at {}", self.pos));
+        }
+        self.pos += (HEADER + body_len) as u64;
+        Ok(Some(body))
+    }
+}
+
+/// Gets log files to disk: a dedicated thread that syncs in groups.
+#[derive(Debug, Clone)]
+struct Syncer {
+    requests: mpsc::Sender<SyncRequest>,
+    dirty: Arc<Mutex<HashMap<u64, Arc<File>>>>,
+}
+
+enum SyncRequest {
+    /// Sync this file, then reply (file-durable).
+    File(Arc<File>, oneshot::Sender<Result<(), StorageError>>),
+    /// Sync every dirty file, then reply (interval tick or shutdown).
+    Dirty(Option<std::sync::mpsc::Sender<Result<(), StorageError>>>),
+}
+
+impl Syncer {
+    fn start(sync: Sync) -> Result<Self, StorageError> {
+        let (requests, incoming) = mpsc::channel();
+        let dirty: Arc<Mutex<HashMap<u64, Arc<File>>>> = Arc::default();
+        let thread_dirty = Arc::clone(&dirty);
+        std::thread::Builder::new()
+            .name("log-sync".into())
+            .spawn(move || sync_loop(&incoming, &thread_dirty))
+            .map_err(io)?;
+        if let Sync::Interval(every) = sync {
+            let ticks = requests.clone();
+            std::thread::Builder::new()
+                .name("log-sync-timer".into())
+                .spawn(move || {
+                    while ticks.send(SyncRequest::Dirty(None)).is_ok() {
+                        std::thread::sleep(every);
+                    }
+                })
+                .map_err(io)?;
+        }
+        Ok(Syncer { requests, dirty })
+    }
+
+    fn sync(&self, file: Arc<File>) -> Result<Commit, StorageError> {
+        let (reply, receiver) = oneshot::channel();
+        self.requests
+            .send(SyncRequest::File(file, reply))
+            .map_err(|_| StorageError::Stopped)?;
+        Ok(Commit::pending(receiver))
+    }
+
+    fn mark_dirty(&self, id: u64, file: Arc<File>) {
+        self.dirty.lock().insert(id, file);
+    }
+
+    fn forget(&self, id: u64) {
+        self.dirty.lock().remove(&id);
+    }
+
+    /// Syncs everything written so far; waits for it.
+    fn flush(&self) -> Result<(), StorageError> {
+        let (reply, done) = mpsc::channel();
+        self.requests
+            .send(SyncRequest::Dirty(Some(reply)))
+            .map_err(|_| StorageError::Stopped)?;
+        done.recv().unwrap_or(Err(StorageError::Stopped))
+    }
+}
+
+fn sync_loop(incoming: &mpsc::Receiver<SyncRequest>, dirty: &Mutex<HashMap<u64, Arc<File>>>) {
+    while let Ok(first) = incoming.recv() {
+        let mut files: Vec<Arc<File>> = Vec::new();
+        let mut replies = Vec::new();
+        let mut flushes = Vec::new();
+        for request in std::iter::once(first).chain(incoming.try_iter()) {
+            match request {
+                SyncRequest::File(file, reply) => {
+                    if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                        files.push(file);
+                    }
+                    replies.push(reply);
+                }
+                SyncRequest::Dirty(reply) => {
+                    files.extend(dirty.lock().drain().map(|(_, f)| f));
+                    flushes.extend(reply);
+                }
+            }
+        }
+        let outcome = sync_all(&files);
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, files = files.len(), "fdatasync failed");
+        }
+        for reply in replies {
+            let _ = reply.send(outcome.clone());
+        }
+        for reply in flushes {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+}
+
+/// `fdatasync`s files concurrently, so the filesystem can fold them into
+/// one journal commit.
+fn sync_all(files: &[Arc<File>]) -> Result<(), StorageError> {
+    const PARALLEL: usize = 8;
+    if files.len() <= 1 {
+        return files.iter().try_for_each(|f| f.sync_data().map_err(io));
+    }
+    let per_thread = files.len().div_ceil(PARALLEL);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per_thread)
+            .map(|group| scope.spawn(move || group.iter().try_for_each(|f| f.sync_data())))
+            .collect();
+        handles.into_iter().try_for_each(|h| match h.join() {
+            Ok(result) => result.map_err(io),
+            Err(_) => Err(StorageError::Io("sync thread panicked".into())),
+        })
+    })
+}
