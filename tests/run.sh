@@ -21,6 +21,6 @@ else
 fi
 
 step "conformance suite"
-for mode in ${CONFORMANCE_MODES:-memory acid}; do
+for mode in ${CONFORMANCE_MODES:-memory file-fast file-durable acid}; do
   tests/conformance/run.sh "$mode"
 done
