@@ -1,0 +1,293 @@
+//! The storage engines' contract, checked the same way for every mode:
+//! appends are whole and ordered, offsets only grow, reads end on message
+//! boundaries within their budget and limit, and (for the persistent modes)
+//! everything a stream is made of comes back after the engine is reopened.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use stream_server::protocol::json::JsonMessages;
+use stream_server::protocol::offset::Offset;
+use stream_server::protocol::producer::ProducerState;
+use stream_server::storage::{
+    self, Engine, ExpiryRecord, Mutation, StorageMode, StreamLog, StreamMeta,
+};
+
+const MODES: [StorageMode; 4] = [
+    StorageMode::Memory,
+    StorageMode::FileFast,
+    StorageMode::FileDurable,
+    StorageMode::Acid,
+];
+
+/// A scratch data directory, removed on drop.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(mode: StorageMode, test: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ds-contract-{test}-{mode}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens an engine; retries briefly because the previous instance's
+/// background thread may still be releasing the database file.
+fn open(mode: StorageMode, dir: &Path) -> Arc<dyn Engine> {
+    let mut last = None;
+    for _ in 0..50 {
+        match storage::open(mode, dir, Duration::from_millis(50)) {
+            Ok(engine) => return engine,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cannot open {mode} engine: {last:?}");
+}
+
+/// Messages whose stored form is the given strings.
+fn messages(parts: &[&str]) -> JsonMessages {
+    let mut encoded = Vec::new();
+    let mut ends = Vec::new();
+    for part in parts {
+        encoded.extend_from_slice(part.as_bytes());
+        ends.push(encoded.len());
+    }
+    JsonMessages { encoded, ends }
+}
+
+fn meta() -> StreamMeta {
+    StreamMeta {
+        content_type: "text/plain".into(),
+        expiry: ExpiryRecord::TtlSecs(60),
+        fork: None,
+    }
+}
+
+fn text(log: &dyn StreamLog, from: Offset, limit: u64, budget: usize) -> (String, Offset) {
+    let slice = log.read(from, limit, budget).expect("read");
+    let bytes: Vec<u8> = slice.data.concat();
+    (String::from_utf8(bytes).expect("utf-8"), slice.next)
+}
+
+async fn wait(commit: storage::Commit) {
+    commit.wait().await.expect("commit");
+}
+
+#[tokio::test]
+async fn appends_are_ordered_and_reads_end_on_boundaries() {
+    for mode in MODES {
+        let dir = DataDir::new(mode, "reads");
+        let engine = open(mode, &dir.0);
+        let (log, commit) = engine
+            .create(
+                "s",
+                &meta(),
+                Offset::ZERO,
+                vec![messages(&["ab", "cde"])],
+                false,
+            )
+            .expect("create");
+        wait(commit).await;
+        assert_eq!(log.tail(), Offset::new(2, 5), "{mode}");
+        let mutation = Mutation {
+            data: Some(messages(&["fghi"])),
+            ..Mutation::default()
+        };
+        wait(log.apply(mutation).expect("apply")).await;
+        let tail = log.tail();
+        assert_eq!(tail, Offset::new(3, 9), "{mode}");
+
+        assert_eq!(
+            text(&*log, Offset::ZERO, tail.bytes, 100),
+            ("abcdefghi".into(), tail),
+            "{mode}"
+        );
+        // A budget inside the second message stops after the first.
+        assert_eq!(
+            text(&*log, Offset::ZERO, tail.bytes, 3),
+            ("ab".into(), Offset::new(1, 2)),
+            "{mode}"
+        );
+        // A budget smaller than the first message still returns it whole.
+        assert_eq!(
+            text(&*log, Offset::new(1, 2), tail.bytes, 1),
+            ("cde".into(), Offset::new(2, 5)),
+            "{mode}"
+        );
+        // The limit bounds the read.
+        assert_eq!(
+            text(&*log, Offset::ZERO, 5, 100),
+            ("abcde".into(), Offset::new(2, 5)),
+            "{mode}"
+        );
+        assert_eq!(
+            text(&*log, tail, tail.bytes, 100),
+            (String::new(), tail),
+            "{mode}"
+        );
+
+        for (bytes, expected) in [
+            (0, Some(Offset::ZERO)),
+            (2, Some(Offset::new(1, 2))),
+            (5, Some(Offset::new(2, 5))),
+            (9, Some(tail)),
+            (3, None),
+            (10, None),
+        ] {
+            assert_eq!(
+                log.boundary_at(bytes).expect("boundary"),
+                expected,
+                "{mode} at {bytes}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn everything_a_stream_holds_survives_reopening() {
+    for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
+        let dir = DataDir::new(mode, "reopen");
+        let (tail, plain_tail) = {
+            let engine = open(mode, &dir.0);
+            let (log, commit) = engine
+                .create(
+                    "kept",
+                    &meta(),
+                    Offset::ZERO,
+                    vec![messages(&["one"])],
+                    false,
+                )
+                .expect("create");
+            wait(commit).await;
+            let mutation = Mutation {
+                data: Some(messages(&["two", "three"])),
+                producer: Some((
+                    "p".into(),
+                    ProducerState {
+                        epoch: 2,
+                        last_seq: 7,
+                    },
+                )),
+                stream_seq: Some("seq-9".into()),
+                close: Some(Some(("p".into(), 2, 7))),
+            };
+            wait(log.apply(mutation).expect("apply")).await;
+            let (gone, commit) = engine
+                .create("gone", &meta(), Offset::ZERO, vec![], false)
+                .expect("create");
+            wait(commit).await;
+            wait(gone.remove().expect("remove")).await;
+            let (soft, commit) = engine
+                .create("soft", &meta(), Offset::ZERO, vec![messages(&["x"])], true)
+                .expect("create");
+            wait(commit).await;
+            wait(soft.soft_delete().expect("soft delete")).await;
+            engine.flush().expect("flush");
+            (log.tail(), soft.tail())
+        };
+
+        let engine = open(mode, &dir.0);
+        let recovered = engine.recover().expect("recover");
+        let paths: Vec<&str> = recovered.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["kept", "soft"],
+            "{mode}: removed streams stay removed, order is creation order"
+        );
+
+        let kept = &recovered[0];
+        assert_eq!(kept.meta, meta(), "{mode}");
+        assert_eq!(kept.log.tail(), tail, "{mode}");
+        assert_eq!(
+            text(&*kept.log, Offset::ZERO, tail.bytes, 100).0,
+            "onetwothree",
+            "{mode}"
+        );
+        assert!(kept.closed, "{mode}");
+        assert_eq!(kept.closed_by, Some(("p".into(), 2, 7)), "{mode}");
+        assert_eq!(
+            kept.producers,
+            vec![(
+                "p".into(),
+                ProducerState {
+                    epoch: 2,
+                    last_seq: 7
+                }
+            )],
+            "{mode}"
+        );
+        assert_eq!(kept.last_seq.as_deref(), Some("seq-9"), "{mode}");
+        assert!(!kept.soft_deleted, "{mode}");
+
+        let soft = &recovered[1];
+        assert!(soft.soft_deleted && soft.closed, "{mode}");
+        assert_eq!(soft.log.tail(), plain_tail, "{mode}");
+
+        // Appends continue where the stream left off.
+        let mutation = Mutation {
+            data: Some(messages(&["four"])),
+            ..Mutation::default()
+        };
+        wait(kept.log.apply(mutation).expect("apply")).await;
+        assert_eq!(
+            kept.log.tail(),
+            Offset::new(tail.messages + 1, tail.bytes + 4),
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn memory_keeps_nothing() {
+    let dir = DataDir::new(StorageMode::Memory, "memory");
+    let engine = open(StorageMode::Memory, &dir.0);
+    let (_log, commit) = engine
+        .create("s", &meta(), Offset::ZERO, vec![messages(&["a"])], false)
+        .expect("create");
+    wait(commit).await;
+    assert!(
+        open(StorageMode::Memory, &dir.0)
+            .recover()
+            .expect("recover")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_of_another_mode_is_refused() {
+    let dir = DataDir::new(StorageMode::Acid, "mismatch");
+    {
+        let engine = open(StorageMode::FileDurable, &dir.0);
+        let (_log, commit) = engine
+            .create("s", &meta(), Offset::ZERO, vec![], false)
+            .expect("create");
+        wait(commit).await;
+    }
+    let err = storage::open(StorageMode::Acid, &dir.0, Duration::from_millis(50))
+        .expect_err("acid must refuse a file-mode directory");
+    assert!(
+        err.to_string().contains(&dir.0.display().to_string()),
+        "{err}"
+    );
+
+    let dir = DataDir::new(StorageMode::FileFast, "mismatch");
+    {
+        let engine = open(StorageMode::Acid, &dir.0);
+        let (_log, commit) = engine
+            .create("s", &meta(), Offset::ZERO, vec![], false)
+            .expect("create");
+        wait(commit).await;
+    }
+    assert!(
+        storage::open(StorageMode::FileFast, &dir.0, Duration::from_millis(50)).is_err(),
+        "file modes must refuse an acid directory"
+    );
+}
