@@ -19,6 +19,7 @@
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
 
+use super::chunk::{self, Chunk};
 use super::{
     ClosedBy, Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta,
 };
@@ -422,7 +423,28 @@ impl FileLog {
         }
     }
 
-    /// The chunks whose data ends after `from`, in order, starting near it.
+    /// The data records from the last one indexed at or before stream
+    /// byte `from` on, decoded, in order.
+    fn chunks_from(&self, from: u64) -> impl Iterator<Item = Result<Chunk, StorageError>> + '_ {
+        let mut records = self.scan_from(from);
+        std::iter::from_fn(move || {
+            loop {
+                match records.next_record() {
+                    Ok(None) => return None,
+                    Err(reason) => return Some(Err(StorageError::Corrupt(reason))),
+                    Ok(Some(body)) => match decode(&body) {
+                        Ok(Decoded::Mutation(MutationRecord {
+                            chunk: Some(chunk), ..
+                        })) => return Some(Ok(chunk)),
+                        Ok(_) => continue,
+                        Err(e) => return Some(Err(e)),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Records from the last indexed data record at or before `from` on.
     fn scan_from(&self, from: u64) -> Records<'_> {
         let (start, len) = {
             let writer = self.writer.lock();
@@ -451,50 +473,11 @@ impl StreamLog for FileLog {
         if bytes == self.base.bytes {
             return Ok(Some(self.base));
         }
-        let mut records = self.scan_from(bytes.saturating_sub(1));
-        while let Some(body) = records.next_record().map_err(StorageError::Corrupt)? {
-            if let Decoded::Mutation(MutationRecord {
-                chunk: Some(chunk), ..
-            }) = decode(&body)?
-            {
-                if chunk.end >= bytes {
-                    return Ok(chunk.boundary_at(bytes));
-                }
-            }
-        }
-        Ok(None)
+        chunk::boundary_in(self.chunks_from(bytes.saturating_sub(1)), bytes)
     }
 
     fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
-        let mut slice = LogSlice::empty(from);
-        if from.bytes >= limit {
-            return Ok(slice);
-        }
-        let mut budget = max_bytes;
-        let mut records = self.scan_from(from.bytes);
-        while let Some(body) = records.next_record().map_err(StorageError::Corrupt)? {
-            let Decoded::Mutation(MutationRecord {
-                chunk: Some(chunk), ..
-            }) = decode(&body)?
-            else {
-                continue;
-            };
-            if chunk.end <= slice.next.bytes {
-                continue;
-            }
-            // The limit is a message boundary, so this never cuts one.
-            let room = budget.min((limit - slice.next.bytes) as usize);
-            let Some((data, next)) = chunk.slice_from(slice.next, room, slice.is_empty()) else {
-                break;
-            };
-            budget = budget.saturating_sub(data.len());
-            slice.data.push(data);
-            slice.next = next;
-            if next.bytes < chunk.end || budget == 0 || next.bytes >= limit {
-                break;
-            }
-        }
-        Ok(slice)
+        chunk::read_chunks(self.chunks_from(from.bytes), from, limit, max_bytes)
     }
 
     fn reads_block(&self) -> bool {
@@ -589,63 +572,6 @@ fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8> {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
-}
-
-/// One appended batch of messages, as stored.
-#[derive(Debug)]
-struct Chunk {
-    messages_end: u64,
-    /// Stream position where the chunk ends.
-    end: u64,
-    /// End of each message relative to the chunk's start.
-    ends: Vec<u32>,
-    data: Bytes,
-}
-
-impl Chunk {
-    fn start(&self) -> u64 {
-        self.end - self.data.len() as u64
-    }
-
-    fn boundary_at(&self, bytes: u64) -> Option<Offset> {
-        let relative = u32::try_from(bytes.checked_sub(self.start())?).ok()?;
-        let index = self.ends.binary_search(&relative).ok()?;
-        let after = (self.ends.len() - 1 - index) as u64;
-        Some(Offset::new(self.messages_end - after, bytes))
-    }
-
-    /// Data from `from` (a boundary in this chunk) up to the last message
-    /// boundary within `budget`; with `at_least_one`, the first message
-    /// even when it alone is over budget.
-    fn slice_from(
-        &self,
-        from: Offset,
-        budget: usize,
-        at_least_one: bool,
-    ) -> Option<(Bytes, Offset)> {
-        let relative_from = from.bytes.checked_sub(self.start())? as usize;
-        let first = self
-            .ends
-            .partition_point(|&e| (e as usize) <= relative_from);
-        let mut last = None;
-        for (i, &end) in self.ends.iter().enumerate().skip(first) {
-            let size = end as usize - relative_from;
-            if size > budget && !(at_least_one && last.is_none()) {
-                break;
-            }
-            last = Some(i);
-            if size >= budget {
-                break;
-            }
-        }
-        let last = last?;
-        let end = self.ends[last] as usize;
-        let after = (self.ends.len() - 1 - last) as u64;
-        Some((
-            self.data.slice(relative_from..end),
-            Offset::new(self.messages_end - after, self.start() + end as u64),
-        ))
-    }
 }
 
 #[derive(Debug, Default)]

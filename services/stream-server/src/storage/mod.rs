@@ -18,6 +18,7 @@
 //! * [`redb`] — the `acid` mode: every change in one redb transaction with
 //!   immediate durability, concurrent requests grouped into one transaction.
 
+pub mod chunk;
 pub mod file;
 pub mod memory;
 pub mod redb;

@@ -17,6 +17,7 @@
 //! * `producers`: (stream id, producer id) → (epoch, last seq)
 //! * `meta`: `format` → the on-disk format version
 
+use super::chunk::{self, Chunk};
 use super::{
     ClosedBy, Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta,
 };
@@ -282,46 +283,19 @@ impl StreamLog for RedbLog {
             return Ok(Some(self.base));
         }
         self.read_table(|chunks| {
-            let Some(row) = chunks
+            let rows = chunks
                 .range((self.id, bytes)..=(self.id, u64::MAX))
-                .map_err(io)?
-                .next()
-            else {
-                return Ok(None);
-            };
-            let (key, value) = row.map_err(io)?;
-            let chunk = Chunk::decode(key.value().1, value.value())?;
-            Ok(chunk.boundary_at(bytes))
+                .map_err(io)?;
+            chunk::boundary_in(rows.map(decode_row), bytes)
         })
     }
 
     fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
-        if from.bytes >= limit {
-            return Ok(LogSlice::empty(from));
-        }
         self.read_table(|chunks| {
-            let mut slice = LogSlice::empty(from);
-            let mut budget = max_bytes;
-            let range = chunks
+            let rows = chunks
                 .range((self.id, from.bytes + 1)..=(self.id, u64::MAX))
                 .map_err(io)?;
-            for row in range {
-                let (key, value) = row.map_err(io)?;
-                let chunk = Chunk::decode(key.value().1, value.value())?;
-                // The limit is a message boundary, so this never cuts one.
-                let room = budget.min((limit - slice.next.bytes) as usize);
-                let Some((data, next)) = chunk.slice_from(slice.next, room, slice.is_empty())
-                else {
-                    break;
-                };
-                budget = budget.saturating_sub(data.len());
-                slice.data.push(data);
-                slice.next = next;
-                if next.bytes < chunk.end || budget == 0 || next.bytes >= limit {
-                    break;
-                }
-            }
-            Ok(slice)
+            chunk::read_chunks(rows.map(decode_row), from, limit, max_bytes)
         })
     }
 
@@ -415,72 +389,32 @@ impl ChunkHeader {
     }
 }
 
-/// A decoded chunk: one append's messages.
-struct Chunk {
-    /// Byte position where the chunk ends.
-    end: u64,
-    header: ChunkHeader,
-    data: Bytes,
-}
+/// A row of `chunks` as a range scan yields it.
+type ChunkRow<'a> = Result<
+    (
+        ::redb::AccessGuard<'a, (u64, u64)>,
+        ::redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    ::redb::StorageError,
+>;
 
-impl Chunk {
-    fn decode(end: u64, value: &[u8]) -> Result<Self, StorageError> {
-        let (header, header_len) = ChunkHeader::decode_with_len(value)?;
-        let data = Bytes::copy_from_slice(&value[header_len..]);
-        if header.ends.last().map(|&e| e as usize) != Some(data.len()) {
-            return Err(StorageError::Corrupt(format!(
-                "chunk ending at byte {end} does not match its message index"
-            )));
-        }
-        Ok(Chunk { end, header, data })
+/// Decodes a `chunks` row.
+fn decode_row(row: ChunkRow<'_>) -> Result<Chunk, StorageError> {
+    let (key, value) = row.map_err(io)?;
+    let (header, header_len) = ChunkHeader::decode_with_len(value.value())?;
+    let end = key.value().1;
+    let data = Bytes::copy_from_slice(&value.value()[header_len..]);
+    if header.ends.last().map(|&e| e as usize) != Some(data.len()) {
+        return Err(StorageError::Corrupt(format!(
+            "chunk ending at byte {end} does not match its message index"
+        )));
     }
-
-    fn start(&self) -> u64 {
-        self.end - self.data.len() as u64
-    }
-
-    /// Offset of the message boundary at absolute byte `bytes` inside or at
-    /// the end of this chunk.
-    fn boundary_at(&self, bytes: u64) -> Option<Offset> {
-        let relative = u32::try_from(bytes.checked_sub(self.start())?).ok()?;
-        let index = self.header.ends.binary_search(&relative).ok()?;
-        let after = (self.header.ends.len() - 1 - index) as u64;
-        Some(Offset::new(self.header.messages_end - after, bytes))
-    }
-
-    /// The data from `from` (a boundary in this chunk) up to the last
-    /// message boundary within `budget`; with `at_least_one`, the first
-    /// message even when it alone is over budget.
-    fn slice_from(
-        &self,
-        from: Offset,
-        budget: usize,
-        at_least_one: bool,
-    ) -> Option<(Bytes, Offset)> {
-        let start = self.start();
-        let relative_from = from.bytes.checked_sub(start)? as usize;
-        let first = self
-            .header
-            .ends
-            .partition_point(|&e| (e as usize) <= relative_from);
-        let mut last = None;
-        for (i, &end) in self.header.ends.iter().enumerate().skip(first) {
-            if end as usize - relative_from > budget && !(at_least_one && last.is_none()) {
-                break;
-            }
-            last = Some(i);
-            if end as usize - relative_from >= budget {
-                break;
-            }
-        }
-        let last = last?;
-        let end = self.header.ends[last] as usize;
-        let after = (self.header.ends.len() - 1 - last) as u64;
-        Some((
-            self.data.slice(relative_from..end),
-            Offset::new(self.header.messages_end - after, start + end as u64),
-        ))
-    }
+    Ok(Chunk {
+        messages_end: header.messages_end,
+        end,
+        ends: header.ends,
+        data,
+    })
 }
 
 /// A write for the writer thread, with where to report its outcome.
@@ -630,22 +564,6 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<(), StorageError> {
 mod tests {
     use super::*;
 
-    fn chunk(start: u64, messages_before: u64, parts: &[&str]) -> Chunk {
-        let mut data = Vec::new();
-        let mut ends = Vec::new();
-        for part in parts {
-            data.extend_from_slice(part.as_bytes());
-            ends.push(data.len() as u32);
-        }
-        let header = ChunkHeader {
-            messages_end: messages_before + parts.len() as u64,
-            ends,
-        };
-        let mut value = header.encode();
-        value.extend_from_slice(&data);
-        Chunk::decode(start + data.len() as u64, &value).expect("decode")
-    }
-
     #[test]
     fn header_round_trips_and_detects_truncation() {
         let header = ChunkHeader {
@@ -657,33 +575,5 @@ mod tests {
             header
         );
         assert!(ChunkHeader::decode(&header.encode()[..10]).is_err());
-        assert!(
-            Chunk::decode(20, &header.encode()).is_err(),
-            "data shorter than its index"
-        );
-    }
-
-    #[test]
-    fn boundaries_inside_a_chunk() {
-        let c = chunk(100, 4, &["ab,", "cde,", "f,"]);
-        assert_eq!(c.boundary_at(103), Some(Offset::new(5, 103)));
-        assert_eq!(c.boundary_at(107), Some(Offset::new(6, 107)));
-        assert_eq!(c.boundary_at(109), Some(Offset::new(7, 109)));
-        assert_eq!(c.boundary_at(104), None);
-        assert_eq!(c.boundary_at(99), None);
-    }
-
-    #[test]
-    fn slices_stop_on_message_boundaries_within_budget() {
-        let c = chunk(100, 4, &["ab,", "cde,", "f,"]);
-        let (data, next) = c.slice_from(Offset::new(4, 100), 8, true).expect("slice");
-        assert_eq!(&data[..], b"ab,cde,");
-        assert_eq!(next, Offset::new(6, 107));
-        let (data, next) = c.slice_from(Offset::new(4, 100), 1, true).expect("slice");
-        assert_eq!(&data[..], b"ab,", "one message even over budget");
-        assert_eq!(next, Offset::new(5, 103));
-        assert!(c.slice_from(Offset::new(4, 100), 1, false).is_none());
-        let (data, _) = c.slice_from(Offset::new(5, 103), 100, true).expect("slice");
-        assert_eq!(&data[..], b"cde,f,");
     }
 }
