@@ -828,22 +828,14 @@ fn sync_loop(incoming: &mpsc::Receiver<SyncRequest>, dirty: &Mutex<HashMap<u64, 
     }
 }
 
-/// `fdatasync`s files concurrently, so the filesystem can fold them into
-/// one journal commit.
+/// Gets `files` to disk with as few journal commits as possible: one
+/// `fdatasync` for a single file; for several, one `syncfs` of their
+/// filesystem (all logs live under one data directory), which commits them
+/// all at once instead of one journal commit per file.
 fn sync_all(files: &[Arc<File>]) -> Result<(), StorageError> {
-    const PARALLEL: usize = 8;
-    if files.len() <= 1 {
-        return files.iter().try_for_each(|f| f.sync_data().map_err(io));
+    match files {
+        [] => Ok(()),
+        [file] => file.sync_data().map_err(io),
+        [first, ..] => rustix::fs::syncfs(first.as_ref()).map_err(io),
     }
-    let per_thread = files.len().div_ceil(PARALLEL);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(per_thread)
-            .map(|group| scope.spawn(move || group.iter().try_for_each(|f| f.sync_data())))
-            .collect();
-        handles.into_iter().try_for_each(|h| match h.join() {
-            Ok(result) => result.map_err(io),
-            Err(_) => Err(StorageError::Io("sync thread panicked".into())),
-        })
-    })
 }
