@@ -119,18 +119,10 @@ macro_rules! in_both_file_modes {
 in_both_file_modes!(
     truncated_inside_last_record,
     garbage_after_last_record,
-    #[ignore = "server bug: a zero-filled log tail stops startup. Its first 8 zero bytes frame \
-                an empty record whose CRC-32 (0) matches, so FileLog::replay accepts it, then \
-                decode() of the empty body returns StorageError::Corrupt(\"record body is \
-                truncated\"), which aborts recovery (exit 1) instead of discarding the tail"]
     zero_filled_tail,
     flipped_byte_in_last_record,
     truncated_inside_last_header,
     leftover_staging_and_trash_removed,
-    #[ignore = "server bug (minor): a regular file in trash/ stops startup. FileEngine::recover \
-                calls fs::remove_dir_all on every trash/ entry, which fails with ENOTDIR on a \
-                file, and the error (\"storage I/O failed: Not a directory (os error 20)\") \
-                does not name the path; the same happens for a non-numeric file in streams/"]
     stray_file_in_trash_removed,
     producer_state_dropped_with_its_record,
 );

@@ -1961,9 +1961,6 @@ async fn race_then_kill(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a producer duplicate (same Producer-Id/Epoch/Seq) arriving while the original \
-            append is still committing is answered 204 at once (streams/mod.rs submit_append, \
-            Duplicate => Commit::done()); kill -9 before the commit loses the acknowledged append"]
 async fn producer_duplicate_ack_survives_kill_9() {
     let scratch = Scratch::new("race-producer");
     let mut server = Server::start(&scratch).await;
@@ -1990,10 +1987,6 @@ async fn producer_duplicate_ack_survives_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a close-only POST (Stream-Closed: true) arriving while another close of the \
-            stream is still committing is answered 204 Stream-Closed: true at once (streams/mod.rs \
-            submit_append, closed && empty body => Commit::done()); kill -9 before the commit \
-            leaves the stream open"]
 async fn idempotent_close_ack_survives_kill_9() {
     let scratch = Scratch::new("race-close");
     let mut server = Server::start(&scratch).await;
@@ -2017,9 +2010,6 @@ async fn idempotent_close_ack_survives_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a PUT matching a stream whose creation is still committing is answered \
-            200 at once (streams/mod.rs create: the stream is registered before commit.wait(), \
-            and existing()/confirm() do not wait); kill -9 before the commit loses the stream"]
 async fn idempotent_create_ack_survives_kill_9() {
     let scratch = Scratch::new("race-create");
     let mut server = Server::start(&scratch).await;

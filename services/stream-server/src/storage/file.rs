@@ -168,17 +168,29 @@ impl Engine for FileEngine {
     fn recover(&self) -> Result<Vec<Recovered>, StorageError> {
         // Deletions interrupted by a crash finish now.
         for entry in fs::read_dir(self.dir.join("trash")).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            fs::remove_dir_all(entry.path()).map_err(io)?;
+            let path = entry.map_err(io)?.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| StorageError::Io(format!("{}: {e}", path.display())))?;
         }
         let mut dirs = Vec::new();
         for entry in fs::read_dir(self.streams_dir()).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.map_err(io)?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match name.parse::<u64>() {
-                Ok(id) => dirs.push((id, entry.path())),
+                Ok(id) if path.is_dir() => dirs.push((id, path)),
                 // A creation that never completed: never visible, so drop it.
-                Err(_) => fs::remove_dir_all(entry.path()).map_err(io)?,
+                _ if name.ends_with(".new") && path.is_dir() => fs::remove_dir_all(&path)
+                    .map_err(|e| StorageError::Io(format!("{}: {e}", path.display())))?,
+                _ => {
+                    tracing::warn!(path = %path.display(), "ignoring a stray entry in the streams directory")
+                }
             }
         }
         dirs.sort_by_key(|(id, _)| *id);
@@ -239,14 +251,13 @@ impl Engine for FileEngine {
             };
             records.extend(encode_mutation(&mutation, &mut tail));
         }
+        // Runs while the registry holds the path's slot: page-cache writes
+        // only; file-durable makes them durable through the syncer below.
         let written = (|| -> std::io::Result<()> {
-            write_file(&staging.join(META_FILE), &meta_json, durable)?;
-            write_file(&staging.join(LOG_FILE), &records, durable)?;
+            write_file(&staging.join(META_FILE), &meta_json, false)?;
+            write_file(&staging.join(LOG_FILE), &records, false)?;
             // The rename makes the stream exist, all at once.
             fs::rename(&staging, &dir)?;
-            if durable {
-                File::open(self.streams_dir())?.sync_all()?;
-            }
             Ok(())
         })();
         if let Err(e) = written {
@@ -255,7 +266,14 @@ impl Engine for FileEngine {
         }
         let log = self.open_log(id, dir, path, base)?;
         log.replay()?;
-        Ok((Arc::new(log), Commit::done()))
+        let commit = if durable {
+            // One filesystem sync covers the new files and the rename.
+            self.syncer.sync_filesystem(Arc::clone(&log.file))?
+        } else {
+            self.syncer.mark_dirty(id, Arc::clone(&log.file));
+            Commit::done()
+        };
+        Ok((Arc::new(log), commit))
     }
 
     fn flush(&self) -> Result<(), StorageError> {
@@ -341,6 +359,23 @@ struct Replayed {
     soft_deleted: bool,
 }
 
+impl Replayed {
+    /// Applies a mutation record's protocol state (its data is indexed by
+    /// the caller).
+    fn apply(&mut self, record: MutationRecord) {
+        if let Some((id, state)) = record.producer {
+            self.producers.insert(id, state);
+        }
+        if let Some(seq) = record.stream_seq {
+            self.last_seq = Some(seq);
+        }
+        if record.closes {
+            self.closed = true;
+            self.closed_by = record.closed_by;
+        }
+    }
+}
+
 impl FileLog {
     /// Reads the whole log once: verifies every record, truncates a torn
     /// or corrupt tail, rebuilds the index and the protocol state.
@@ -352,49 +387,44 @@ impl FileLog {
         let mut tail = self.base;
         let end = loop {
             let pos = records.pos;
-            match records.next_record() {
+            let damage = match records.next_record() {
                 Ok(None) => break pos,
-                Err(reason) => {
-                    tracing::warn!(
-                        stream = %self.path,
-                        position = pos,
-                        discarded_bytes = file_len - pos,
-                        %reason,
-                        "damaged log tail discarded"
-                    );
-                    self.file.set_len(pos).map_err(io)?;
-                    self.file.sync_all().map_err(io)?;
-                    break pos;
-                }
+                Err(reason) => reason,
                 Ok(Some(body)) => match decode(&body) {
-                    Ok(Decoded::Mutation(record)) => {
-                        if let Some(chunk) = &record.chunk {
-                            if chunk.start() != tail.bytes {
-                                return Err(StorageError::Corrupt(format!(
-                                    "{}: record at {pos} starts at byte {}, expected {}",
-                                    self.dir.display(),
-                                    chunk.start(),
-                                    tail.bytes
-                                )));
-                            }
-                            writer.note_data_record(tail.bytes, pos);
-                            tail = Offset::new(chunk.messages_end, chunk.end);
-                        }
-                        if let Some((id, state)) = record.producer {
-                            replayed.producers.insert(id, state);
-                        }
-                        if let Some(seq) = record.stream_seq {
-                            replayed.last_seq = Some(seq);
-                        }
-                        if record.closes {
-                            replayed.closed = true;
-                            replayed.closed_by = record.closed_by;
-                        }
+                    Ok(Decoded::SoftDelete) => {
+                        replayed.soft_deleted = true;
+                        continue;
                     }
-                    Ok(Decoded::SoftDelete) => replayed.soft_deleted = true,
-                    Err(e) => return Err(e),
+                    Ok(Decoded::Mutation(record)) => match &record.chunk {
+                        Some(chunk) if chunk.start() != tail.bytes => format!(
+                            "record at {pos} starts at byte {}, expected {}",
+                            chunk.start(),
+                            tail.bytes
+                        ),
+                        chunk => {
+                            if let Some(chunk) = chunk {
+                                writer.note_data_record(tail.bytes, pos);
+                                tail = Offset::new(chunk.messages_end, chunk.end);
+                            }
+                            replayed.apply(record);
+                            continue;
+                        }
+                    },
+                    Err(e) => format!("record at {pos}: {e}"),
                 },
-            }
+            };
+            // Everything from the first bad record on is a torn or corrupt
+            // tail: what follows it cannot be trusted to chain on.
+            tracing::warn!(
+                stream = %self.path,
+                position = pos,
+                discarded_bytes = file_len - pos,
+                reason = %damage,
+                "damaged log tail discarded"
+            );
+            self.file.set_len(pos).map_err(io)?;
+            self.file.sync_all().map_err(io)?;
+            break pos;
         };
         writer.len = end;
         writer.tail = tail;
@@ -699,7 +729,10 @@ impl<'a> Records<'a> {
         if pos < self.buffer_pos || pos + n as u64 > buffered_end {
             let want = n.max(READ_BLOCK).min((self.len - pos) as usize);
             if want < n {
-                return Err(format!("record at {pos} runs past the end of the log"));
+                return Err(format!(
+                    "record at {} runs past the end of the log",
+                    self.pos
+                ));
             }
             let mut buf = vec![0u8; want];
             self.file
@@ -724,6 +757,10 @@ impl<'a> Records<'a> {
         let header = self.bytes(self.pos, HEADER)?;
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        // Every record has at least a kind byte; zeros are an unwritten tail.
+        if body_len == 0 {
+            return Err(format!("empty record at {}", self.pos));
+        }
         let body = self.bytes(self.pos + HEADER as u64, body_len)?;
         if crc32fast::hash(&body) != crc {
             return Err(format!("checksum mismatch in record at {}", self.pos));
@@ -743,6 +780,8 @@ struct Syncer {
 enum SyncRequest {
     /// Sync this file, then reply (file-durable).
     File(Arc<File>, oneshot::Sender<Result<(), StorageError>>),
+    /// Sync this file's whole filesystem, directory entries included.
+    Filesystem(Arc<File>, oneshot::Sender<Result<(), StorageError>>),
     /// Sync every dirty file, then reply (interval tick or shutdown).
     Dirty(Option<std::sync::mpsc::Sender<Result<(), StorageError>>>),
 }
@@ -778,6 +817,14 @@ impl Syncer {
         Ok(Commit::pending(receiver))
     }
 
+    fn sync_filesystem(&self, file: Arc<File>) -> Result<Commit, StorageError> {
+        let (reply, receiver) = oneshot::channel();
+        self.requests
+            .send(SyncRequest::Filesystem(file, reply))
+            .map_err(|_| StorageError::Stopped)?;
+        Ok(Commit::pending(receiver))
+    }
+
     fn mark_dirty(&self, id: u64, file: Arc<File>) {
         self.dirty.lock().insert(id, file);
     }
@@ -801,6 +848,7 @@ fn sync_loop(incoming: &mpsc::Receiver<SyncRequest>, dirty: &Mutex<HashMap<u64, 
         let mut files: Vec<Arc<File>> = Vec::new();
         let mut replies = Vec::new();
         let mut flushes = Vec::new();
+        let mut whole_filesystem = None;
         for request in std::iter::once(first).chain(incoming.try_iter()) {
             match request {
                 SyncRequest::File(file, reply) => {
@@ -809,13 +857,20 @@ fn sync_loop(incoming: &mpsc::Receiver<SyncRequest>, dirty: &Mutex<HashMap<u64, 
                     }
                     replies.push(reply);
                 }
+                SyncRequest::Filesystem(file, reply) => {
+                    whole_filesystem = Some(file);
+                    replies.push(reply);
+                }
                 SyncRequest::Dirty(reply) => {
                     files.extend(dirty.lock().drain().map(|(_, f)| f));
                     flushes.extend(reply);
                 }
             }
         }
-        let outcome = sync_all(&files);
+        let outcome = match &whole_filesystem {
+            Some(file) => rustix::fs::syncfs(file.as_ref()).map_err(io),
+            None => sync_all(&files),
+        };
         if let Err(e) = &outcome {
             tracing::error!(error = %e, files = files.len(), "fdatasync failed");
         }

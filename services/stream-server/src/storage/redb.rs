@@ -490,11 +490,6 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<(), StorageError> {
                     record,
                     chunks: initial,
                 } => {
-                    // A row with another id means this stream lost a
-                    // creation race and is discarded right after.
-                    if load(&streams, path).is_ok_and(|existing| existing.id != record.id) {
-                        continue;
-                    }
                     streams
                         .insert(path.as_str(), encode(record)?.as_slice())
                         .map_err(io)?;

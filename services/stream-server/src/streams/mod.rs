@@ -89,6 +89,22 @@ pub struct AppendOutcome {
     pub appended: bool,
 }
 
+/// A validated `PUT`, not yet stored.
+struct Prepared {
+    config: StreamConfig,
+    base: Offset,
+    initial: Vec<JsonMessages>,
+    /// Bytes reserved against the memory limit.
+    size: u64,
+}
+
+impl Prepared {
+    /// Gives back what preparing reserved.
+    fn abandon(self, streams: &Streams) {
+        streams.memory_used.fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
 /// Every stream, by path.
 #[derive(Debug)]
 pub struct Streams {
@@ -149,6 +165,21 @@ impl Streams {
             stream.publish(tail, recovered.closed, recovered.soft_deleted);
             streams.map.insert(recovered.path, Arc::new(stream));
         }
+        // A crash between a fork's removal and its source's cascaded removal
+        // leaves a soft-deleted source nothing reads from: finish the job.
+        let orphans: Vec<Arc<Stream>> = streams
+            .map
+            .iter()
+            .filter(|s| {
+                let state = s.state.lock();
+                state.soft_deleted && state.forks == 0
+            })
+            .map(|s| Arc::clone(s.value()))
+            .collect();
+        for orphan in orphans {
+            orphan.state.lock().soft_deleted = false;
+            streams.remove(&orphan)?;
+        }
         Ok(streams)
     }
 
@@ -200,22 +231,26 @@ impl Streams {
         request: CreateRequest,
     ) -> Result<(Created, Arc<Stream>), StreamError> {
         if let Some(existing) = self.existing(path)? {
-            return self.confirm(existing, &request);
+            return self.confirmed(existing, &request).await;
         }
-        let (stream, commit) = self.build(path, &request)?;
-        let stream = Arc::new(stream);
-        match self.map.entry(path.to_owned()) {
-            Entry::Vacant(slot) => {
-                slot.insert(Arc::clone(&stream));
-            }
-            // Another request created it meanwhile: undo ours, compare with theirs.
+        // Validation, framing and fork resolution (which reads the map) come
+        // first; storing happens while the path's slot is held, so two
+        // racing creations never both reach storage.
+        let prepared = self.prepare(&request)?;
+        let (stream, commit) = match self.map.entry(path.to_owned()) {
             Entry::Occupied(slot) => {
                 let theirs = Arc::clone(slot.get());
                 drop(slot);
-                self.discard(&stream);
-                return self.confirm(theirs, &request);
+                prepared.abandon(self);
+                return self.confirmed(theirs, &request).await;
             }
-        }
+            Entry::Vacant(slot) => {
+                let (stream, commit) = self.store(path, prepared, request.closed)?;
+                let stream = Arc::new(stream);
+                slot.insert(Arc::clone(&stream));
+                (stream, commit)
+            }
+        };
         if let Err(e) = commit.wait().await {
             self.fail(&stream, &e);
             return Err(e.into());
@@ -226,6 +261,18 @@ impl Streams {
         };
         stream.publish(tail, closed, false);
         Ok((Created::New, stream))
+    }
+
+    /// [`Streams::confirm`], answered once the existing stream's state is
+    /// durable.
+    async fn confirmed(
+        &self,
+        existing: Arc<Stream>,
+        request: &CreateRequest,
+    ) -> Result<(Created, Arc<Stream>), StreamError> {
+        let confirmed = self.confirm(existing, request)?;
+        confirmed.1.settle_written().await?;
+        Ok(confirmed)
     }
 
     /// The live stream at `path`, if any, reclaiming it if expired.
@@ -277,8 +324,9 @@ impl Streams {
         }
     }
 
-    /// Builds and stores a new stream (not yet registered) from a `PUT`.
-    fn build(&self, path: &str, request: &CreateRequest) -> Result<(Stream, Commit), StreamError> {
+    /// Everything a `PUT` needs before it can be stored: the configuration,
+    /// the initial messages, and the memory they take (reserved here).
+    fn prepare(&self, request: &CreateRequest) -> Result<Prepared, StreamError> {
         let (config, base, prefix) = match &request.fork {
             None => {
                 let content_type = request
@@ -305,32 +353,50 @@ impl Streams {
         let initial: Vec<JsonMessages> = [prefix, initial].into_iter().flatten().collect();
         let size: u64 = initial.iter().map(|m| m.encoded.len() as u64).sum();
         self.reserve(0, size)?;
-        let unreserve = || {
-            self.memory_used.fetch_sub(size, Ordering::Relaxed);
-        };
-        if let Some(fork) = &config.fork {
+        Ok(Prepared {
+            config,
+            base,
+            initial,
+            size,
+        })
+    }
+
+    /// Stores a prepared stream and takes its reference on a fork source.
+    fn store(
+        &self,
+        path: &str,
+        prepared: Prepared,
+        closed: bool,
+    ) -> Result<(Stream, Commit), StreamError> {
+        if let Some(fork) = &prepared.config.fork {
             let mut source = fork.source.state.lock();
             if source.soft_deleted || source.removed {
                 drop(source);
-                unreserve();
+                prepared.abandon(self);
                 return Err(StreamError::ForkSourceGone);
             }
             source.forks += 1;
         }
+        let Prepared {
+            config,
+            base,
+            initial,
+            size,
+        } = prepared;
         let stored = self
             .engine
-            .create(path, &meta_of(&config), base, initial, request.closed);
+            .create(path, &meta_of(&config), base, initial, closed);
         let (log, commit) = match stored {
             Ok(stored) => stored,
             Err(e) => {
-                unreserve();
+                self.memory_used.fetch_sub(size, Ordering::Relaxed);
                 if let Some(fork) = &config.fork {
                     release_fork_ref(&fork.source);
                 }
                 return Err(e.into());
             }
         };
-        let state = StreamState::new(log, request.closed);
+        let state = StreamState::new(log, closed);
         Ok((Stream::new(path.to_owned(), config, state), commit))
     }
 
@@ -414,23 +480,40 @@ impl Streams {
         if request.body.is_empty() && !request.close {
             return Err(StreamError::EmptyAppend);
         }
-        let (outcome, commit) = self.submit_append(&stream, request)?;
-        // Acknowledge, and let readers see it, only once it is durable.
-        if let Err(e) = commit.wait().await {
-            self.fail(&stream, &e);
-            return Err(e.into());
+        let (outcome, commit) = match self.submit_append(&stream, request) {
+            Ok(submitted) => submitted,
+            // Refusing because of a close another request made: only once
+            // that close is durable.
+            Err(StreamError::Closed { next }) => {
+                stream.settled(next, true).await?;
+                return Err(StreamError::Closed { next });
+            }
+            Err(e) => return Err(e),
+        };
+        match commit {
+            // Acknowledge, and let readers see it, only once it is durable.
+            Some(commit) => {
+                if let Err(e) = commit.wait().await {
+                    self.fail(&stream, &e);
+                    return Err(e.into());
+                }
+                stream.publish(outcome.next, outcome.closed, false);
+            }
+            // Nothing new to store: the answer rests on earlier requests'
+            // changes, so it waits for those to be durable.
+            None => stream.settled(outcome.next, outcome.closed).await?,
         }
-        stream.publish(outcome.next, outcome.closed, false);
         Ok(outcome)
     }
 
     /// Validates an append under the stream's lock and submits it to
-    /// storage; the returned commit says when it is durable.
+    /// storage; the returned commit says when it is durable (`None`: the
+    /// request changed nothing).
     fn submit_append(
         &self,
         stream: &Arc<Stream>,
         request: AppendRequest,
-    ) -> Result<(AppendOutcome, Commit), StreamError> {
+    ) -> Result<(AppendOutcome, Option<Commit>), StreamError> {
         let config = &stream.config;
         // Framing reads the whole body: do it before taking the lock, and
         // report its errors only where the protocol ranks them.
@@ -476,7 +559,7 @@ impl Streams {
                             producer: Some(known),
                             appended: false,
                         };
-                        return Ok((outcome, Commit::done()));
+                        return Ok((outcome, None));
                     }
                     Ok(ProducerCheck::Accept { next }) => Some((p, next)),
                     // A gap ranks below closure and content checks (§5.2).
@@ -496,7 +579,7 @@ impl Streams {
                     producer: producer_check.map(|(_, next)| next),
                     appended: false,
                 };
-                return Ok((outcome, Commit::done()));
+                return Ok((outcome, None));
             }
             return Err(StreamError::Closed {
                 next: state.log.tail(),
@@ -553,7 +636,7 @@ impl Streams {
             producer: producer_check.map(|(_, next)| next),
             appended,
         };
-        Ok((outcome, commit))
+        Ok((outcome, Some(commit)))
     }
 
     /// Deletes the stream at `path` (§5.4): soft-deleted while forks read
@@ -641,20 +724,6 @@ impl Streams {
         stream.publish(Offset::ZERO, false, true);
         self.map
             .remove_if(&stream.path, |_, s| Arc::ptr_eq(s, stream));
-    }
-
-    /// Drops a stream built but never registered (lost a creation race).
-    fn discard(&self, stream: &Arc<Stream>) {
-        let state = stream.state.lock();
-        self.memory_used
-            .fetch_sub(log_bytes(&*state.log), Ordering::Relaxed);
-        if let Err(e) = state.log.remove() {
-            tracing::warn!(stream = %stream.path, error = %e, "cannot discard a duplicate stream");
-        }
-        drop(state);
-        if let Some(fork) = &stream.config.fork {
-            release_fork_ref(&fork.source);
-        }
     }
 
     /// Accounts for `added` bytes on a stream holding `current` bytes.

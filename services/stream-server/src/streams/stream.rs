@@ -102,6 +102,8 @@ pub struct Tail {
     pub closed: bool,
     /// Deleted, soft-deleted or expired: readers must stop.
     pub gone: bool,
+    /// The stream's creation is durable.
+    pub created: bool,
 }
 
 /// A stream in the registry.
@@ -142,6 +144,7 @@ impl Stream {
             next: state.log.base(),
             closed: false,
             gone: false,
+            created: false,
         };
         Stream {
             path,
@@ -171,11 +174,41 @@ impl Stream {
                 next: tail.next.max(next),
                 closed: tail.closed || closed,
                 gone: tail.gone || gone,
+                created: true,
             };
             let changed = merged != *tail;
             *tail = merged;
             changed
         });
+    }
+
+    /// Waits until the stream's durable state has caught up with `next`
+    /// and `closed`: an answer derived from state that an earlier request
+    /// wrote (a duplicate, an idempotent close or create) is given only
+    /// once that state can no longer be lost.
+    pub async fn settled(&self, next: Offset, closed: bool) -> Result<(), StreamError> {
+        let mut changes = self.visible.subscribe();
+        loop {
+            let tail = *changes.borrow_and_update();
+            if tail.created && tail.next >= next && (tail.closed || !closed) {
+                return Ok(());
+            }
+            if tail.gone {
+                return Err(StreamError::Unavailable);
+            }
+            if changes.changed().await.is_err() {
+                return Err(StreamError::Unavailable);
+            }
+        }
+    }
+
+    /// [`Stream::settled`] for everything written to the stream so far.
+    pub async fn settle_written(&self) -> Result<(), StreamError> {
+        let (next, closed) = {
+            let state = self.state.lock();
+            (state.log.tail(), state.closed)
+        };
+        self.settled(next, closed).await
     }
 
     /// Whether the stream has expired at this moment.
