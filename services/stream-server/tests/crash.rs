@@ -1,10 +1,11 @@
-//! Crash consistency of the `acid` storage mode, proven against the real
+//! Crash consistency of the persistent storage modes, proven against the real
 //! `stream-server` executable.
 //!
-//! `DS_STORAGE__MODE=acid` promises that a request is acknowledged only once
-//! everything it changes (data, idempotent-producer state, closure) has been
-//! committed in one durable redb transaction. These tests hold the server to
-//! that promise the only way it can be held: they run the binary as a child
+//! Every persistent mode (`acid`, `file-durable`, `file-fast`) promises that
+//! an acknowledged request survives a crash of the process, with everything
+//! it changed (data, idempotent-producer state, closure) stored atomically:
+//! one redb transaction, or one checksummed log record. These tests hold
+//! each mode to that promise the only way it can be held: they run the binary as a child
 //! process, kill it with SIGKILL at arbitrary moments (between requests, in
 //! the middle of one, during a commit), start it again on the same data
 //! directory, and compare what clients were told with what the server now
@@ -27,10 +28,7 @@
 //! * a data directory of another storage mode or format is refused at
 //!   startup, naming the directory;
 //! * an answer to a concurrent retry (a producer duplicate, a repeated
-//!   close, a repeated create) is as durable as the original's. These three
-//!   tests are `#[ignore]`d: the server currently answers such retries from
-//!   state that is not yet committed, and kill -9 loses what they
-//!   acknowledged (see each test's ignore reason).
+//!   close, a repeated create) is as durable as the original's.
 //!
 //! A kill can land anywhere, so only what the durability contract
 //! guarantees is asserted: work that was not acknowledged may or may not
@@ -64,6 +62,28 @@ const OCTET: &str = "application/octet-stream";
 const TEXT: &str = "text/plain";
 const JSON: &str = "application/json";
 
+/// Generates one test per persistent storage mode from `async fn $name(mode)`.
+macro_rules! in_every_persistent_mode {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acid() {
+                super::$name("acid").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn file_durable() {
+                super::$name("file-durable").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn file_fast() {
+                super::$name("file-fast").await;
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------
 // Harness: a scratch directory and the server as a child process.
 // ---------------------------------------------------------------------------
@@ -75,16 +95,18 @@ const JSON: &str = "application/json";
 struct Scratch {
     root: PathBuf,
     starts: AtomicU32,
+    /// `DS_STORAGE__MODE` of every server started over this directory.
+    mode: &'static str,
 }
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
+    fn new(name: &str, mode: &'static str) -> Scratch {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let root = std::env::temp_dir().join(format!(
-            "ds-crash-{name}-{}-{nanos}-{}",
+            "ds-crash-{name}-{mode}-{}-{nanos}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -92,6 +114,7 @@ impl Scratch {
         Scratch {
             root,
             starts: AtomicU32::new(0),
+            mode,
         }
     }
 
@@ -144,7 +167,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Spawns the binary in acid mode on `port` over the scratch data
+/// Spawns the binary in the scratch's storage mode on `port` over the scratch data
 /// directory, its stdout and stderr going to a fresh log file.
 fn spawn(scratch: &Scratch, port: u16) -> (Child, PathBuf) {
     let log_path = scratch.next_log();
@@ -159,7 +182,7 @@ fn spawn(scratch: &Scratch, port: u16) -> (Child, PathBuf) {
     }
     command
         .current_dir(&scratch.root)
-        .env("DS_STORAGE__MODE", "acid")
+        .env("DS_STORAGE__MODE", scratch.mode)
         .env("DS_STORAGE__DATA_DIR", scratch.data_dir())
         .env("DS_SERVER__HOST", "127.0.0.1")
         .env("DS_SERVER__PORT", port.to_string())
@@ -798,11 +821,12 @@ fn crash_cycles() -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_appends_survive_kill_9() {
+in_every_persistent_mode!(acknowledged_appends_survive_kill_9);
+
+async fn acknowledged_appends_survive_kill_9(mode: &'static str) {
     let started = Instant::now();
     let cycles = crash_cycles();
-    let scratch = Scratch::new("appends");
+    let scratch = Scratch::new("appends", mode);
     let mut server = Server::start(&scratch).await;
     for target in &TARGETS {
         server.create(target.path, target.content_type).await;
@@ -1228,9 +1252,10 @@ fn close_only(server: &Server, path: &str) -> RequestBuilder {
         .header("stream-closed", "true")
 }
 
-#[tokio::test]
-async fn closure_survives_kill_9() {
-    let scratch = Scratch::new("closure");
+in_every_persistent_mode!(closure_survives_kill_9);
+
+async fn closure_survives_kill_9(mode: &'static str) {
+    let scratch = Scratch::new("closure", mode);
     let mut server = Server::start(&scratch).await;
 
     // Append-and-close by a producer.
@@ -1361,12 +1386,16 @@ mod every_stream_property_survives_restart {
 
     #[tokio::test]
     async fn after_sigterm() {
-        every_stream_property_survives(Restart::Sigterm).await;
+        for mode in ["acid", "file-durable", "file-fast"] {
+            every_stream_property_survives(Restart::Sigterm, mode).await;
+        }
     }
 
     #[tokio::test]
     async fn after_kill_9() {
-        every_stream_property_survives(Restart::Kill9).await;
+        for mode in ["acid", "file-durable", "file-fast"] {
+            every_stream_property_survives(Restart::Kill9, mode).await;
+        }
     }
 }
 
@@ -1389,11 +1418,14 @@ async fn assert_status(request: RequestBuilder, status: StatusCode, what: &str) 
     response
 }
 
-async fn every_stream_property_survives(how: Restart) {
-    let scratch = Scratch::new(match how {
-        Restart::Sigterm => "props-term",
-        Restart::Kill9 => "props-kill",
-    });
+async fn every_stream_property_survives(how: Restart, mode: &'static str) {
+    let scratch = Scratch::new(
+        match how {
+            Restart::Sigterm => "props-term",
+            Restart::Kill9 => "props-kill",
+        },
+        mode,
+    );
     let mut server = Server::start(&scratch).await;
 
     // Content type, exactly as created.
@@ -1885,7 +1917,7 @@ fn expect_refusal(scratch: &Scratch) -> String {
 #[test]
 fn refuses_a_data_dir_of_another_format() {
     // Files of another storage mode, and no streams.redb.
-    let scratch = Scratch::new("foreign");
+    let scratch = Scratch::new("foreign", "acid");
     let data_dir = scratch.data_dir();
     std::fs::create_dir_all(&data_dir).expect("create the data directory");
     let junk = data_dir.join("segment-000001.log");
@@ -1906,7 +1938,7 @@ fn refuses_a_data_dir_of_another_format() {
     );
 
     // A redb database written by another format version.
-    let scratch = Scratch::new("foreign-format");
+    let scratch = Scratch::new("foreign-format", "acid");
     let data_dir = scratch.data_dir();
     std::fs::create_dir_all(&data_dir).expect("create the data directory");
     {
@@ -1960,9 +1992,10 @@ async fn race_then_kill(
     (status, Server::start(scratch).await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_duplicate_ack_survives_kill_9() {
-    let scratch = Scratch::new("race-producer");
+in_every_persistent_mode!(producer_duplicate_ack_survives_kill_9);
+
+async fn producer_duplicate_ack_survives_kill_9(mode: &'static str) {
+    let scratch = Scratch::new("race-producer", mode);
     let mut server = Server::start(&scratch).await;
     for round in 0..RACE_ROUNDS {
         let path = format!("race/producer-{round}");
@@ -1986,9 +2019,10 @@ async fn producer_duplicate_ack_survives_kill_9() {
     scratch.assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_close_ack_survives_kill_9() {
-    let scratch = Scratch::new("race-close");
+in_every_persistent_mode!(idempotent_close_ack_survives_kill_9);
+
+async fn idempotent_close_ack_survives_kill_9(mode: &'static str) {
+    let scratch = Scratch::new("race-close", mode);
     let mut server = Server::start(&scratch).await;
     for round in 0..RACE_ROUNDS {
         let path = format!("race/close-{round}");
@@ -2009,9 +2043,10 @@ async fn idempotent_close_ack_survives_kill_9() {
     scratch.assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_create_ack_survives_kill_9() {
-    let scratch = Scratch::new("race-create");
+in_every_persistent_mode!(idempotent_create_ack_survives_kill_9);
+
+async fn idempotent_create_ack_survives_kill_9(mode: &'static str) {
+    let scratch = Scratch::new("race-create", mode);
     let mut server = Server::start(&scratch).await;
     for round in 0..RACE_ROUNDS {
         let path = format!("race/create-{round}");
