@@ -12,10 +12,12 @@
 //!   corrupt record is dropped whole at startup and the log truncated there.
 //! * `trash/` — deleted streams, renamed here (atomic) and then removed.
 //!
-//! Every append is written to the OS before it is acknowledged, so it
-//! survives a crash of the process. `file-durable` also waits for
-//! `fdatasync` before acknowledging; concurrent appends share one sync pass
-//! (group commit). `file-fast` syncs every `sync_interval` in the background.
+//! Records are written by the engine's I/O thread, never on the async
+//! runtime. Every append is written to the OS before it is acknowledged, so
+//! it survives a crash of the process. `file-durable` also waits for the
+//! sync before acknowledging; all appends queued together share one sync
+//! pass (group commit). `file-fast` syncs every `sync_interval` in the
+//! background.
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
 
@@ -141,9 +143,11 @@ impl FileEngine {
         path: &str,
         base: Offset,
     ) -> Result<FileLog, StorageError> {
+        // Records are written at their reserved positions (pwrite), which
+        // O_APPEND would ignore.
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .open(dir.join(LOG_FILE))
             .map_err(io)?;
         Ok(FileLog {
@@ -158,7 +162,7 @@ impl FileEngine {
                 tail: base,
                 index: Vec::new(),
             }),
-            sync: self.sync,
+            written: Arc::new(AtomicU64::new(0)),
             syncer: self.syncer.clone(),
         })
     }
@@ -270,7 +274,7 @@ impl Engine for FileEngine {
             // One filesystem sync covers the new files and the rename.
             self.syncer.sync_filesystem(Arc::clone(&log.file))?
         } else {
-            self.syncer.mark_dirty(id, Arc::clone(&log.file));
+            self.syncer.touched(id, Arc::clone(&log.file))?;
             Commit::done()
         };
         Ok((Arc::new(log), commit))
@@ -312,14 +316,15 @@ pub struct FileLog {
     base: Offset,
     file: Arc<File>,
     writer: Mutex<Writer>,
-    sync: Sync,
+    /// Bytes of the log actually written; reads never go past it.
+    written: Arc<AtomicU64>,
     syncer: Syncer,
 }
 
 /// Where the log ends, and the sparse index of its data records.
 #[derive(Debug)]
 struct Writer {
-    /// Bytes in the log file.
+    /// Bytes in the log file once every submitted record is written.
     len: u64,
     tail: Offset,
     index: Vec<IndexEntry>,
@@ -428,29 +433,23 @@ impl FileLog {
         };
         writer.len = end;
         writer.tail = tail;
+        self.written.store(end, Ordering::Release);
         Ok(replayed)
     }
 
-    /// Appends encoded records under the writer lock; undoes a partial
-    /// write so the log never holds half a record.
-    fn write(&self, writer: &mut Writer, record: &[u8]) -> Result<(), StorageError> {
-        let result = (&*self.file).write_all(record);
-        if let Err(e) = result {
-            let _ = self.file.set_len(writer.len);
-            return Err(io(e));
-        }
+    /// Reserves the log's next bytes for `record` and hands it to the
+    /// writer thread, which writes it (and, in file-durable, syncs it)
+    /// before the returned commit resolves. Reservation order is log order.
+    fn submit(&self, writer: &mut Writer, record: Vec<u8>) -> Result<Commit, StorageError> {
+        let pos = writer.len;
         writer.len += record.len() as u64;
-        Ok(())
-    }
-
-    fn commit(&self) -> Result<Commit, StorageError> {
-        match self.sync {
-            Sync::EveryAppend => self.syncer.sync(Arc::clone(&self.file)),
-            Sync::Interval(_) => {
-                self.syncer.mark_dirty(self.id, Arc::clone(&self.file));
-                Ok(Commit::done())
-            }
-        }
+        self.syncer.write(WriteJob {
+            id: self.id,
+            file: Arc::clone(&self.file),
+            written: Arc::clone(&self.written),
+            pos,
+            record,
+        })
     }
 
     /// The data records from the last one indexed at or before stream
@@ -484,7 +483,7 @@ impl FileLog {
             } else {
                 writer.index[i - 1].file_pos
             };
-            (start, writer.len)
+            (start, self.written.load(Ordering::Acquire))
         };
         Records::new(&self.file, start, len)
     }
@@ -518,35 +517,25 @@ impl StreamLog for FileLog {
         let mut writer = self.writer.lock();
         let mut tail = writer.tail;
         let record = encode_mutation(&mutation, &mut tail);
-        let record_pos = writer.len;
-        let data_start = writer.tail.bytes;
-        self.write(&mut writer, &record)?;
         if mutation.data.is_some() {
+            let (data_start, record_pos) = (writer.tail.bytes, writer.len);
             writer.note_data_record(data_start, record_pos);
         }
         writer.tail = tail;
-        drop(writer);
-        self.commit()
+        self.submit(&mut writer, record)
     }
 
     fn soft_delete(&self) -> Result<Commit, StorageError> {
         let mut writer = self.writer.lock();
-        self.write(&mut writer, &frame(&[KIND_SOFT_DELETE]))?;
-        drop(writer);
-        self.commit()
+        self.submit(&mut writer, frame(&[KIND_SOFT_DELETE]))
     }
 
     fn remove(&self) -> Result<Commit, StorageError> {
-        let target = self.trash.join(self.id.to_string());
-        fs::rename(&self.dir, &target).map_err(io)?;
-        if self.sync == Sync::EveryAppend
-            && let Some(parent) = self.dir.parent()
-        {
-            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        self.syncer.forget(self.id);
-        fs::remove_dir_all(&target).map_err(io)?;
-        Ok(Commit::done())
+        self.syncer.remove(RemoveJob {
+            id: self.id,
+            dir: self.dir.clone(),
+            trash: self.trash.join(self.id.to_string()),
+        })
     }
 }
 
@@ -770,117 +759,199 @@ impl<'a> Records<'a> {
     }
 }
 
-/// Gets log files to disk: a dedicated thread that syncs in groups.
+/// The engine's I/O thread: writes log records, removes deleted streams,
+/// and gets logs to disk, so storage I/O never runs on the async runtime.
+/// It takes every request already queued as one group: one sync pass covers
+/// all of the group's writes (group commit).
 #[derive(Debug, Clone)]
 struct Syncer {
-    requests: mpsc::Sender<SyncRequest>,
-    dirty: Arc<Mutex<HashMap<u64, Arc<File>>>>,
+    requests: mpsc::Sender<IoRequest>,
 }
 
-enum SyncRequest {
-    /// Sync this file, then reply (file-durable).
-    File(Arc<File>, oneshot::Sender<Result<(), StorageError>>),
+/// A record to write at its reserved log position.
+struct WriteJob {
+    id: u64,
+    file: Arc<File>,
+    written: Arc<AtomicU64>,
+    pos: u64,
+    record: Vec<u8>,
+}
+
+/// A stream directory to delete.
+struct RemoveJob {
+    id: u64,
+    dir: PathBuf,
+    trash: PathBuf,
+}
+
+type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+enum IoRequest {
+    Write(WriteJob, Reply),
+    Remove(RemoveJob, Reply),
     /// Sync this file's whole filesystem, directory entries included.
-    Filesystem(Arc<File>, oneshot::Sender<Result<(), StorageError>>),
-    /// Sync every dirty file, then reply (interval tick or shutdown).
+    Filesystem(Arc<File>, Reply),
+    /// Sync every log written since the last sync (file-fast's interval,
+    /// or a flush), then reply if asked.
     Dirty(Option<std::sync::mpsc::Sender<Result<(), StorageError>>>),
+    /// A log written outside the thread (a creation) awaits the next sync.
+    Touched(u64, Arc<File>),
 }
 
 impl Syncer {
     fn start(sync: Sync) -> Result<Self, StorageError> {
         let (requests, incoming) = mpsc::channel();
-        let dirty: Arc<Mutex<HashMap<u64, Arc<File>>>> = Arc::default();
-        let thread_dirty = Arc::clone(&dirty);
         std::thread::Builder::new()
-            .name("log-sync".into())
-            .spawn(move || sync_loop(&incoming, &thread_dirty))
+            .name("log-io".into())
+            .spawn(move || io_loop(&incoming, sync))
             .map_err(io)?;
         if let Sync::Interval(every) = sync {
             let ticks = requests.clone();
             std::thread::Builder::new()
                 .name("log-sync-timer".into())
                 .spawn(move || {
-                    while ticks.send(SyncRequest::Dirty(None)).is_ok() {
+                    while ticks.send(IoRequest::Dirty(None)).is_ok() {
                         std::thread::sleep(every);
                     }
                 })
                 .map_err(io)?;
         }
-        Ok(Syncer { requests, dirty })
+        Ok(Syncer { requests })
     }
 
-    fn sync(&self, file: Arc<File>) -> Result<Commit, StorageError> {
+    fn send(&self, request: impl FnOnce(Reply) -> IoRequest) -> Result<Commit, StorageError> {
         let (reply, receiver) = oneshot::channel();
         self.requests
-            .send(SyncRequest::File(file, reply))
+            .send(request(reply))
             .map_err(|_| StorageError::Stopped)?;
         Ok(Commit::pending(receiver))
+    }
+
+    fn write(&self, job: WriteJob) -> Result<Commit, StorageError> {
+        self.send(|reply| IoRequest::Write(job, reply))
+    }
+
+    fn remove(&self, job: RemoveJob) -> Result<Commit, StorageError> {
+        self.send(|reply| IoRequest::Remove(job, reply))
     }
 
     fn sync_filesystem(&self, file: Arc<File>) -> Result<Commit, StorageError> {
-        let (reply, receiver) = oneshot::channel();
+        self.send(|reply| IoRequest::Filesystem(file, reply))
+    }
+
+    fn touched(&self, id: u64, file: Arc<File>) -> Result<(), StorageError> {
         self.requests
-            .send(SyncRequest::Filesystem(file, reply))
-            .map_err(|_| StorageError::Stopped)?;
-        Ok(Commit::pending(receiver))
-    }
-
-    fn mark_dirty(&self, id: u64, file: Arc<File>) {
-        self.dirty.lock().insert(id, file);
-    }
-
-    fn forget(&self, id: u64) {
-        self.dirty.lock().remove(&id);
+            .send(IoRequest::Touched(id, file))
+            .map_err(|_| StorageError::Stopped)
     }
 
     /// Syncs everything written so far; waits for it.
     fn flush(&self) -> Result<(), StorageError> {
         let (reply, done) = mpsc::channel();
         self.requests
-            .send(SyncRequest::Dirty(Some(reply)))
+            .send(IoRequest::Dirty(Some(reply)))
             .map_err(|_| StorageError::Stopped)?;
         done.recv().unwrap_or(Err(StorageError::Stopped))
     }
 }
 
-fn sync_loop(incoming: &mpsc::Receiver<SyncRequest>, dirty: &Mutex<HashMap<u64, Arc<File>>>) {
+fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
+    // Logs written since their last sync, by stream id.
+    let mut dirty: HashMap<u64, Arc<File>> = HashMap::new();
+    // Logs whose write failed: later records would follow a hole, so they
+    // are refused until restart (the registry takes the stream offline).
+    let mut poisoned: std::collections::HashSet<u64> = std::collections::HashSet::new();
     while let Ok(first) = incoming.recv() {
-        let mut files: Vec<Arc<File>> = Vec::new();
-        let mut replies = Vec::new();
+        // Replies that wait for this group's sync, with their own outcome.
+        let mut after_sync: Vec<(Reply, Result<(), StorageError>)> = Vec::new();
         let mut flushes = Vec::new();
+        let mut sync_now: Vec<Arc<File>> = Vec::new();
         let mut whole_filesystem = None;
         for request in std::iter::once(first).chain(incoming.try_iter()) {
             match request {
-                SyncRequest::File(file, reply) => {
-                    if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
-                        files.push(file);
+                IoRequest::Write(job, reply) => {
+                    let outcome = write_record(&job, &mut poisoned);
+                    if outcome.is_ok() {
+                        match sync {
+                            Sync::EveryAppend => {
+                                if !sync_now.iter().any(|f| Arc::ptr_eq(f, &job.file)) {
+                                    sync_now.push(Arc::clone(&job.file));
+                                }
+                            }
+                            Sync::Interval(_) => {
+                                dirty.insert(job.id, Arc::clone(&job.file));
+                            }
+                        }
                     }
-                    replies.push(reply);
+                    after_sync.push((reply, outcome));
                 }
-                SyncRequest::Filesystem(file, reply) => {
+                IoRequest::Remove(job, reply) => {
+                    dirty.remove(&job.id);
+                    let _ = reply.send(remove_stream(&job, sync));
+                }
+                IoRequest::Filesystem(file, reply) => {
                     whole_filesystem = Some(file);
-                    replies.push(reply);
+                    after_sync.push((reply, Ok(())));
                 }
-                SyncRequest::Dirty(reply) => {
-                    files.extend(dirty.lock().drain().map(|(_, f)| f));
+                IoRequest::Touched(id, file) => {
+                    dirty.insert(id, file);
+                }
+                IoRequest::Dirty(reply) => {
+                    sync_now.extend(dirty.drain().map(|(_, f)| f));
                     flushes.extend(reply);
                 }
             }
         }
-        let outcome = match &whole_filesystem {
+        let synced = match &whole_filesystem {
             Some(file) => rustix::fs::syncfs(file.as_ref()).map_err(io),
-            None => sync_all(&files),
+            None => sync_all(&sync_now),
         };
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, files = files.len(), "fdatasync failed");
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, files = sync_now.len(), "log sync failed");
         }
-        for reply in replies {
-            let _ = reply.send(outcome.clone());
+        for (reply, outcome) in after_sync {
+            let _ = reply.send(outcome.and_then(|()| synced.clone()));
         }
         for reply in flushes {
-            let _ = reply.send(outcome.clone());
+            let _ = reply.send(synced.clone());
         }
     }
+}
+
+/// Writes one record at its reserved position.
+fn write_record(
+    job: &WriteJob,
+    poisoned: &mut std::collections::HashSet<u64>,
+) -> Result<(), StorageError> {
+    if poisoned.contains(&job.id) {
+        return Err(StorageError::Io(
+            "an earlier write to this log failed".into(),
+        ));
+    }
+    match job.file.write_all_at(&job.record, job.pos) {
+        Ok(()) => {
+            job.written
+                .fetch_max(job.pos + job.record.len() as u64, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            // Never leave half a record behind.
+            let _ = job.file.set_len(job.pos);
+            poisoned.insert(job.id);
+            Err(io(e))
+        }
+    }
+}
+
+/// Deletes a stream: an atomic rename into trash, then the removal.
+fn remove_stream(job: &RemoveJob, sync: Sync) -> Result<(), StorageError> {
+    fs::rename(&job.dir, &job.trash).map_err(io)?;
+    if sync == Sync::EveryAppend
+        && let Some(parent) = job.dir.parent()
+    {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    fs::remove_dir_all(&job.trash).map_err(io)
 }
 
 /// Gets `files` to disk with as few journal commits as possible: one
