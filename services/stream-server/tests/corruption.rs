@@ -42,7 +42,7 @@
 
 mod common;
 
-use common::{BASE_PATH, body, header, next_offset, send};
+use common::{BASE_PATH, body, free_port, header, next_offset, send};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -210,14 +210,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
-}
-
 /// The binary running as a child process. Dropping it kills the child
 /// (SIGKILL) if it still runs, so no server outlives a failed assertion;
 /// when dropped during a panic it prints the child's output.
@@ -294,25 +286,7 @@ impl Server {
     }
 
     async fn wait_ready(&mut self, probe: &Client) -> Result<(), String> {
-        let url = format!("{}/readyz", self.base);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("poll the server") {
-                return Err(format!("it exited with {status}"));
-            }
-            if let Ok(response) = probe.get(&url).send().await
-                && response.status() == StatusCode::OK
-            {
-                // Still ours: not another process that took the port.
-                if self.child.try_wait().expect("poll the server").is_none() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!(
-            "no 200 from GET /readyz within {STARTUP_TIMEOUT:?}"
-        ))
+        common::wait_child_ready(&mut self.child, &self.base, probe, STARTUP_TIMEOUT).await
     }
 
     /// Stops the server cleanly (SIGTERM), asserts it exited successfully

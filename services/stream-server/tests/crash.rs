@@ -37,7 +37,7 @@
 
 mod common;
 
-use common::{BASE_PATH, body, header, next_offset, send, text};
+use common::{BASE_PATH, body, free_port, header, next_offset, send, text};
 use rand::Rng;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -158,15 +158,6 @@ fn read_log(path: &Path) -> String {
         .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener
-        .local_addr()
-        .expect("listener has an address")
-        .port()
-}
-
 /// Spawns the binary in the scratch's storage mode on `port` over the scratch data
 /// directory, its stdout and stderr going to a fresh log file.
 fn spawn(scratch: &Scratch, port: u16) -> (Child, PathBuf) {
@@ -247,25 +238,7 @@ impl Server {
     }
 
     async fn wait_ready(&mut self, probe: &Client) -> Result<(), String> {
-        let url = format!("{}/readyz", self.base);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("poll the server process") {
-                return Err(format!("it exited with {status}"));
-            }
-            if let Ok(response) = probe.get(&url).send().await
-                && response.status() == StatusCode::OK
-            {
-                // Still ours: not another process that took the port.
-                if self.child.try_wait().expect("poll the server").is_none() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!(
-            "no 200 from GET /readyz within {STARTUP_TIMEOUT:?}"
-        ))
+        common::wait_child_ready(&mut self.child, &self.base, probe, STARTUP_TIMEOUT).await
     }
 
     /// `kill -9`: no chance to flush, finish requests or clean up.

@@ -468,3 +468,39 @@ pub async fn open_sse(server: &TestServer, path: &str, offset: &str) -> SseReade
         .await,
     )
 }
+
+/// A free loopback port for a server started as a child process: bound,
+/// then released for the child to take.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port()
+}
+
+/// Waits until the child server at `base` (its origin) answers
+/// `GET /readyz`; fails if the child exits first or `timeout` passes.
+pub async fn wait_child_ready(
+    child: &mut std::process::Child,
+    base: &str,
+    probe: &Client,
+    timeout: Duration,
+) -> Result<(), String> {
+    let url = format!("{base}/readyz");
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("poll the server process") {
+            return Err(format!("it exited with {status}"));
+        }
+        if let Ok(response) = probe.get(&url).send().await
+            && response.status() == StatusCode::OK
+        {
+            // Still ours: not another process that took the port.
+            if child.try_wait().expect("poll the server process").is_none() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("no 200 from GET /readyz within {timeout:?}"))
+}
