@@ -35,20 +35,24 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
   cargo_flags=()
   [ "$profile" = "release" ] && cargo_flags+=(--release)
   (cd "$root" && cargo build --quiet -p stream-server "${cargo_flags[@]}")
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   data_dir="$(mktemp -d)"
   log="$data_dir/server.log"
+  # Port 0: the server picks a free port and logs where it listens.
   DS_SERVER__HOST=127.0.0.1 \
-  DS_SERVER__PORT="$port" \
+  DS_SERVER__PORT=0 \
   DS_SERVER__LONG_POLL_TIMEOUT_SECS=1 \
   DS_STORAGE__MODE="$mode" \
   DS_STORAGE__DATA_DIR="$data_dir/data" \
-  RUST_LOG="${RUST_LOG:-stream_server=warn}" \
+  NO_COLOR=1 \
+  RUST_LOG="${RUST_LOG:-stream_server=info}" \
     "$root/target/$profile/stream-server" >"$log" 2>&1 &
   server_pid=$!
-  export CONFORMANCE_BASE_URL="http://127.0.0.1:$port"
+  CONFORMANCE_BASE_URL=""
   for _ in $(seq 1 100); do
-    if curl -fsS "$CONFORMANCE_BASE_URL/readyz" >/dev/null 2>&1; then break; fi
+    if [ -z "$CONFORMANCE_BASE_URL" ]; then
+      CONFORMANCE_BASE_URL="$(sed -n 's/\x1b\[[0-9;]*m//g; s|.*listening on \(http://[^/ ]*\).*|\1|p' "$log" | head -n 1)"
+    fi
+    if [ -n "$CONFORMANCE_BASE_URL" ] && curl -fsS "$CONFORMANCE_BASE_URL/readyz" >/dev/null 2>&1; then break; fi
     if ! kill -0 "$server_pid" 2>/dev/null; then
       echo "conformance: stream-server exited during startup:" >&2
       cat "$log" >&2
@@ -56,6 +60,12 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
     fi
     sleep 0.1
   done
+  if [ -z "$CONFORMANCE_BASE_URL" ]; then
+    echo "conformance: stream-server did not report its address:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+  export CONFORMANCE_BASE_URL
   echo "conformance: stream-server ($mode) at $CONFORMANCE_BASE_URL"
 fi
 
