@@ -7,6 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The gateway's store tests create (and drop) their own database on this
+# Postgres server; the default is the local one with trust authentication.
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

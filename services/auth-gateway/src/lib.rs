@@ -7,7 +7,9 @@
 //! * [`scope`] — what each HTTP method needs (`read`, `write`, `delete`, `admin`).
 //! * [`pattern`] — stream path patterns a token is limited to (`*`, `**`).
 //! * [`token`] — JWT claims, signing keys, signing and verification.
+//! * [`store`] — the token table in Postgres (migrations in `migrations/`).
 
 pub mod pattern;
 pub mod scope;
+pub mod store;
 pub mod token;
