@@ -29,7 +29,7 @@ pub async fn get(state: AppState, request: Request) -> Result<Response, ApiError
     match query.live {
         Live::CatchUp => catch_up(&state, &stream, &query, request.headers()).await,
         Live::LongPoll => long_poll::read(state, stream, query).await,
-        Live::Sse => sse::read(state, stream, query),
+        Live::Sse => sse::read(state, stream, query).await,
     }
 }
 

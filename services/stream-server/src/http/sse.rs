@@ -21,12 +21,16 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub fn read(state: AppState, stream: Arc<Stream>, query: ReadQuery) -> Result<Response, ApiError> {
+pub async fn read(
+    state: AppState,
+    stream: Arc<Stream>,
+    query: ReadQuery,
+) -> Result<Response, ApiError> {
     let encoding = DataEncoding::for_media_type(&stream.config.media_type);
     let from = start_of(&stream, query.from);
     // Refuse a bad offset now: once the event stream starts, only the
     // connection's end could report it.
-    if !stream.has_boundary(from).map_err(StreamError::from)? {
+    if !stream.has_boundary_async(from).await? {
         return Err(StreamError::OffsetNotInStream { offset: from }.into());
     }
     let session = Session {

@@ -241,11 +241,27 @@ impl Stream {
         from: Offset,
         max_bytes: usize,
     ) -> Result<ReadResult, StreamError> {
+        self.off_runtime(move |stream| stream.read(from, max_bytes))
+            .await
+    }
+
+    /// [`Stream::has_boundary`], on the blocking pool when it touches the disk.
+    pub async fn has_boundary_async(self: &Arc<Self>, offset: Offset) -> Result<bool, StreamError> {
+        self.off_runtime(move |stream| Ok(stream.has_boundary(offset)?))
+            .await
+    }
+
+    /// Runs storage work directly for memory, or on the blocking pool
+    /// when it may wait on disk I/O.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Stream) -> Result<T, StreamError> + Send + 'static,
+    ) -> Result<T, StreamError> {
         if !self.blocking_reads {
-            return self.read(from, max_bytes);
+            return work(self);
         }
         let stream = Arc::clone(self);
-        tokio::task::spawn_blocking(move || stream.read(from, max_bytes))
+        tokio::task::spawn_blocking(move || work(&stream))
             .await
             .map_err(|e| StreamError::Storage(StorageError::Io(e.to_string())))?
     }
