@@ -4,12 +4,35 @@
 //!
 //! # Layout
 //!
-//! * [`scope`] — what each HTTP method needs (`read`, `write`, `delete`, `admin`).
-//! * [`pattern`] — stream path patterns a token is limited to (`*`, `**`).
+//! * [`config`] — `GW_*` settings, layered like stream-server's.
+//! * [`scope`], [`pattern`] — what a method needs; which streams a token covers.
 //! * [`token`] — JWT claims, signing keys, signing and verification.
 //! * [`store`] — the token table in Postgres (migrations in `migrations/`).
+//! * [`grant`] — one token's rights, checked against each request.
+//! * [`credentials`] — finding the bearer token in a request.
+//! * [`authenticator`] — token → grant, cached, revoked by `LISTEN/NOTIFY`.
+//! * [`rate_limit`] — per-token token buckets.
+//! * [`proxy`] — the streaming reverse proxy to stream-server.
+//! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
+//! * [`error`] — every refusal as an HTTP response, in one place.
+//! * [`issuer`], [`cli`] — issuing tokens; the command line.
+//! * [`server`], [`shutdown`], [`telemetry`] — running it.
 
+pub mod admin;
+pub mod authenticator;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod grant;
+pub mod http;
+pub mod issuer;
 pub mod pattern;
+pub mod proxy;
+pub mod rate_limit;
 pub mod scope;
+pub mod server;
+pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod token;

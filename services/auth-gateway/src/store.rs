@@ -8,6 +8,14 @@ use sqlx::FromRow;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
+/// Lookups are short, so a few connections serve many requests; a request
+/// waits at most two seconds for one, then the gateway answers 503.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(2))
+}
+
 /// A token's row (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct TokenRow {
@@ -58,14 +66,38 @@ const COLUMNS: &str =
     "id, subject, scopes, streams, description, created_at, expires_at, revoked_at, last_used_at";
 
 impl TokenStore {
-    /// Connects to `database_url`.
+    /// Connects to `database_url` now, failing if Postgres is unreachable
+    /// (the CLI's behaviour).
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            // Lookups are short; a few connections serve many requests.
-            .max_connections(8)
-            .connect(database_url)
-            .await?;
+        let pool = pool_options().connect(database_url).await?;
         Ok(TokenStore { pool })
+    }
+
+    /// A store that connects on first use, so the gateway starts (and answers
+    /// 503) while Postgres is down, and recovers when it comes back.
+    pub fn connect_lazy(database_url: &str) -> Result<Self, StoreError> {
+        let pool = pool_options().connect_lazy(database_url)?;
+        Ok(TokenStore { pool })
+    }
+
+    /// The pool, for `LISTEN` connections.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether Postgres answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records that these tokens were used, in one statement.
+    pub async fn mark_used(&self, ids: &[String]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET last_used_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Applies the migrations under `migrations/` that are not applied yet.

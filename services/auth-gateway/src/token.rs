@@ -32,7 +32,7 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token rejected: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
     #[error("signing failed: {0}")]
     Signing(String),
 }
@@ -108,7 +108,23 @@ impl TokenKeys {
         validation.leeway = 0;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+            .map_err(|e| TokenError::Invalid(rejection_reason(e.kind())))
+    }
+}
+
+/// A short reason safe to show a client: it names the failed check, never
+/// key material or token contents.
+fn rejection_reason(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+        ErrorKind::MissingRequiredClaim(_) => "required claim missing",
+        _ => "malformed token",
     }
 }
 

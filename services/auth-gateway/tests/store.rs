@@ -1,63 +1,12 @@
 //! The Postgres token store against a real server: each test run creates its
 //! own database from `DATABASE_URL`, migrates it, and drops it afterwards.
 
+mod common;
+
 use auth_gateway::scope::Scope;
 use auth_gateway::store::{NewToken, TokenStore};
-use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use common::ScratchDb;
 use time::{Duration, OffsetDateTime};
-
-/// A scratch database, dropped when the test is done.
-struct ScratchDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDb {
-    async fn create() -> ScratchDb {
-        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-            panic!(
-                "DATABASE_URL is not set: these tests need a Postgres server, e.g. \
-                 DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
-            )
-        });
-        let name = format!(
-            "gw_test_{}_{}",
-            std::process::id(),
-            OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
-        );
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL={admin_url}: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create the scratch database");
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .expect("DATABASE_URL ends with /<database>");
-        let url = format!("{base}/{name}");
-        ScratchDb {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn drop_now(self) {
-        let mut admin = PgConnection::connect(&self.admin_url)
-            .await
-            .expect("reconnect to drop the scratch database");
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("drop the scratch database");
-    }
-}
 
 fn token(subject: &str, patterns: &[&str]) -> NewToken {
     NewToken {

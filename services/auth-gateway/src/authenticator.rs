@@ -1,0 +1,263 @@
+//! Turning a bearer token into a [`Grant`]: verify the JWT, then look its row
+//! up — from a cache, kept honest by Postgres `LISTEN/NOTIFY`.
+//!
+//! Revocation reaches every replica within a second:
+//! * while the gateway listens on `token_changes`, a notified id is dropped
+//!   from the cache at once, and rows are otherwise cached for
+//!   `auth.cache_ttl_secs`;
+//! * while it does not (connection lost, Postgres down), cached rows count
+//!   for at most [`UNLISTENED_TTL`]; on reconnecting the cache is emptied,
+//!   since notifications may have been missed.
+//!
+//! A token whose row cannot be read is refused with 503: never fail open.
+
+use crate::error::GatewayError;
+use crate::grant::Grant;
+use crate::store::TokenStore;
+use crate::token::{Claims, TokenError, TokenKeys};
+use dashmap::DashMap;
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// The Postgres channel migration 0002's trigger notifies.
+pub const CHANGES_CHANNEL: &str = "token_changes";
+
+/// How long a cached row counts while notifications are not being received.
+pub const UNLISTENED_TTL: Duration = Duration::from_secs(1);
+
+/// Most verified tokens remembered; past this the memo starts over.
+const VERIFIED_CAPACITY: usize = 100_000;
+
+/// Pause between attempts to (re)establish `LISTEN`.
+const RELISTEN_DELAY: Duration = Duration::from_millis(500);
+
+struct CachedGrant {
+    grant: Arc<Grant>,
+    fetched: Instant,
+    /// Set on every use; the flusher turns it into `last_used_at`.
+    used: AtomicBool,
+}
+
+/// Verifies tokens and caches their rows; shared by all requests.
+pub struct Authenticator {
+    keys: TokenKeys,
+    issuer: String,
+    audience: String,
+    store: TokenStore,
+    /// Tokens whose signature and claims already checked out, so a busy
+    /// client costs one hash lookup per request instead of a signature
+    /// verification. Keyed by the whole token: only the identical string
+    /// hits.
+    verified: DashMap<Box<str>, Arc<Claims>>,
+    cache: DashMap<String, CachedGrant>,
+    /// Bumped on every notification, so a lookup that raced one does not
+    /// cache what it read.
+    generation: AtomicU64,
+    listening: AtomicBool,
+    ttl: Duration,
+}
+
+impl Authenticator {
+    pub fn new(
+        keys: TokenKeys,
+        issuer: String,
+        audience: String,
+        store: TokenStore,
+        ttl: Duration,
+    ) -> Authenticator {
+        Authenticator {
+            keys,
+            issuer,
+            audience,
+            store,
+            verified: DashMap::new(),
+            cache: DashMap::new(),
+            generation: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            ttl,
+        }
+    }
+
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// Whether revocations are currently being received.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// The grant of a token that checks out: signature, claims, and a row
+    /// that exists, matches, and is neither revoked nor expired.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Grant>, GatewayError> {
+        let claims = self.verify(token)?;
+        let grant = self.grant(&claims.jti).await?;
+        if grant.subject != claims.sub {
+            return Err(GatewayError::InvalidToken(
+                "token does not match its record",
+            ));
+        }
+        if let Some(reason) = grant.inactive_reason(OffsetDateTime::now_utc()) {
+            return Err(GatewayError::InvalidToken(reason));
+        }
+        Ok(grant)
+    }
+
+    /// Signature and claims, from the memo when this exact token was
+    /// verified before (its `exp` and `nbf` still re-checked).
+    fn verify(&self, token: &str) -> Result<Arc<Claims>, GatewayError> {
+        let now = unix_now();
+        if let Some(claims) = self.verified.get(token) {
+            if claims.exp <= now {
+                return Err(GatewayError::InvalidToken("token expired"));
+            }
+            if claims.nbf.is_some_and(|nbf| nbf > now) {
+                return Err(GatewayError::InvalidToken("token not yet valid"));
+            }
+            return Ok(claims.clone());
+        }
+        let claims = self
+            .keys
+            .verify(token, &self.issuer, &self.audience)
+            .map(Arc::new)
+            .map_err(|e| match e {
+                TokenError::Invalid(reason) => GatewayError::InvalidToken(reason),
+                TokenError::Signing(_) => GatewayError::Internal,
+            })?;
+        if self.verified.len() >= VERIFIED_CAPACITY {
+            self.verified.clear();
+        }
+        self.verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    fn fresh_for(&self) -> Duration {
+        if self.is_listening() {
+            self.ttl
+        } else {
+            self.ttl.min(UNLISTENED_TTL)
+        }
+    }
+
+    async fn grant(&self, id: &str) -> Result<Arc<Grant>, GatewayError> {
+        if let Some(entry) = self.cache.get(id)
+            && entry.fetched.elapsed() < self.fresh_for()
+        {
+            entry.used.store(true, Ordering::Relaxed);
+            return Ok(entry.grant.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let row = self.store.find(id).await.map_err(|e| {
+            tracing::warn!("token lookup failed: {e}");
+            GatewayError::AuthUnavailable
+        })?;
+        let Some(row) = row else {
+            return Err(GatewayError::InvalidToken("unknown token"));
+        };
+        let grant = Arc::new(Grant::from_row(row));
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache.insert(
+                id.to_owned(),
+                CachedGrant {
+                    grant: grant.clone(),
+                    fetched: Instant::now(),
+                    used: AtomicBool::new(true),
+                },
+            );
+            // A notification that landed between the check and the insert
+            // must still win.
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.cache.remove(id);
+            }
+        }
+        Ok(grant)
+    }
+
+    /// A row changed: forget it.
+    fn forget(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(id);
+    }
+
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+
+    /// Receives `token_changes` notifications for as long as the gateway
+    /// runs, re-establishing `LISTEN` whenever the connection drops.
+    pub async fn follow_changes(self: Arc<Self>) {
+        let mut reported_failure = false;
+        loop {
+            match self.listen().await {
+                Ok(mut listener) => {
+                    reported_failure = false;
+                    self.forget_all();
+                    self.listening.store(true, Ordering::SeqCst);
+                    tracing::info!("following token changes (LISTEN {CHANGES_CHANNEL})");
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(notification)) => self.forget(notification.payload()),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!("token change listener: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    self.listening.store(false, Ordering::SeqCst);
+                    tracing::warn!(
+                        "lost the token change listener; cached tokens are re-checked every \
+                         second until it is back"
+                    );
+                }
+                Err(e) if !reported_failure => {
+                    reported_failure = true;
+                    tracing::warn!("cannot listen for token changes, retrying: {e}");
+                }
+                Err(e) => tracing::debug!("cannot listen for token changes: {e}"),
+            }
+            tokio::time::sleep(RELISTEN_DELAY).await;
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Periodic housekeeping: writes `last_used_at` for tokens used since
+    /// the last call, and drops cached rows and memoised tokens past their
+    /// lifetime.
+    pub async fn maintain(&self) {
+        let used: Vec<String> = self
+            .cache
+            .iter()
+            .filter(|entry| entry.used.swap(false, Ordering::Relaxed))
+            .map(|entry| entry.key().clone())
+            .collect();
+        if !used.is_empty()
+            && let Err(e) = self.store.mark_used(&used).await
+        {
+            tracing::debug!("cannot record last use of {} tokens: {e}", used.len());
+        }
+        let ttl = self.ttl;
+        self.cache.retain(|_, entry| entry.fetched.elapsed() < ttl);
+        let now = unix_now();
+        self.verified.retain(|_, claims| claims.exp > now);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,305 @@
+//! The `auth-gateway` command line: serve, or administer the token table
+//! directly in Postgres (which is how the first admin token is made).
+//!
+//! `token create` prints only the token on stdout, so
+//! `TOKEN=$(auth-gateway token create ...)` works; everything else a
+//! command has to say goes to stderr.
+
+use crate::config::{Config, ENVIRONMENT_HELP};
+use crate::issuer::{Issuer, TokenInfo, TokenRequest};
+use crate::pattern::StreamPattern;
+use crate::scope::Scope;
+use crate::store::TokenStore;
+use crate::token::generate_ed25519_pem;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command line of the `auth-gateway` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "auth-gateway",
+    version,
+    about = "Bearer-token gateway in front of stream-server",
+    after_help = ENVIRONMENT_HELP
+)]
+pub struct Cli {
+    /// TOML file with settings; `GW_*` environment variables override it.
+    #[arg(long, value_name = "FILE", env = "GW_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a new Ed25519 signing key (PKCS#8 PEM) for GW_JWT__KEY_FILE.
+    Keygen,
+    /// Issue, list and revoke tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token and print it (only it) on stdout.
+    Create {
+        /// Who the token is for; forwarded upstream as X-Auth-Subject.
+        #[arg(long)]
+        subject: String,
+        /// read, write, delete or admin; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<Scope>,
+        /// Stream path pattern ('*' one segment, '**' any); repeat for several.
+        #[arg(long = "stream")]
+        streams: Vec<StreamPattern>,
+        /// Lifetime, e.g. 24h, 30m, 7days.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Free text shown by `token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id; every gateway refuses it within a second.
+    Revoke { id: String },
+}
+
+/// A command that failed; the message is for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub String);
+
+fn fail(e: impl std::fmt::Display) -> CommandError {
+    CommandError(e.to_string())
+}
+
+async fn connect(config: &Config) -> Result<TokenStore, CommandError> {
+    let url = config.database_url().map_err(fail)?;
+    TokenStore::connect(url)
+        .await
+        .map_err(|e| CommandError(format!("cannot connect to DATABASE_URL: {e}")))
+}
+
+/// Runs an administrative command (anything but `serve`).
+pub async fn run(config: &Config, command: Command) -> Result<(), CommandError> {
+    match command {
+        Command::Serve => Err(CommandError(
+            "serve is not an administrative command".into(),
+        )),
+        Command::Keygen => {
+            print!("{}", generate_ed25519_pem().map_err(fail)?);
+            Ok(())
+        }
+        Command::Migrate => {
+            connect(config).await?.migrate().await.map_err(fail)?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Token { action } => token(config, action).await,
+    }
+}
+
+async fn token(config: &Config, action: TokenCommand) -> Result<(), CommandError> {
+    let store = connect(config).await?;
+    match action {
+        TokenCommand::Create {
+            subject,
+            scopes,
+            streams,
+            ttl,
+            description,
+        } => {
+            let keys = config.jwt.keys().map_err(fail)?;
+            let issuer = Issuer {
+                store: &store,
+                keys: &keys,
+                issuer: &config.jwt.issuer,
+                audience: &config.jwt.audience,
+            };
+            let issued = issuer
+                .issue(TokenRequest {
+                    subject,
+                    scopes,
+                    streams,
+                    ttl,
+                    description,
+                })
+                .await
+                .map_err(fail)?;
+            eprintln!(
+                "issued token {} for {} (expires {})",
+                issued.info.id, issued.info.subject, issued.info.expires_at
+            );
+            println!("{}", issued.token);
+            Ok(())
+        }
+        TokenCommand::List { json } => {
+            let tokens: Vec<TokenInfo> = store
+                .list()
+                .await
+                .map_err(fail)?
+                .into_iter()
+                .map(TokenInfo::from)
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens).map_err(fail)?);
+            } else {
+                print!("{}", table(&tokens));
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            if store.revoke(&id).await.map_err(fail)? {
+                eprintln!("revoked {id}");
+                Ok(())
+            } else {
+                Err(CommandError(format!(
+                    "no active token {id:?} (unknown or already revoked)"
+                )))
+            }
+        }
+    }
+}
+
+/// `token list` as aligned columns.
+fn table(tokens: &[TokenInfo]) -> String {
+    let header = [
+        "ID",
+        "SUBJECT",
+        "SCOPES",
+        "STREAMS",
+        "STATUS",
+        "EXPIRES",
+        "LAST USED",
+    ];
+    let rows: Vec<[String; 7]> = tokens
+        .iter()
+        .map(|t| {
+            [
+                t.id.clone(),
+                t.subject.clone(),
+                t.scopes.join(","),
+                t.streams.join(","),
+                t.status.to_owned(),
+                date(t.expires_at),
+                t.last_used_at.map_or_else(|| "never".into(), date),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+fn date(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_parses() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "auth-gateway",
+            "token",
+            "create",
+            "--subject",
+            "alice",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--stream",
+            "chat/**",
+            "--ttl",
+            "90m",
+        ])
+        .expect("parses");
+        match cli.command {
+            Some(Command::Token {
+                action:
+                    TokenCommand::Create {
+                        scopes,
+                        streams,
+                        ttl,
+                        ..
+                    },
+            }) => {
+                assert_eq!(scopes, vec![Scope::Read, Scope::Write]);
+                assert_eq!(streams.len(), 1);
+                assert_eq!(ttl, Duration::from_secs(90 * 60));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "auth-gateway",
+                "token",
+                "create",
+                "--subject",
+                "a",
+                "--scope",
+                "root"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn list_table_aligns_and_never_shows_tokens() {
+        let now = time::OffsetDateTime::now_utc();
+        let info = TokenInfo {
+            id: "0b6f".into(),
+            subject: "alice".into(),
+            scopes: vec!["read".into(), "write".into()],
+            streams: vec!["chat/**".into()],
+            description: String::new(),
+            created_at: now,
+            expires_at: now,
+            revoked_at: None,
+            last_used_at: None,
+            status: "active",
+        };
+        let text = table(&[info]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ID"));
+        assert!(lines[1].contains("read,write") && lines[1].contains("never"));
+        assert_eq!(lines[0].find("SUBJECT"), lines[1].find("alice"));
+    }
+}

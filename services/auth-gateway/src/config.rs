@@ -1,0 +1,433 @@
+//! Gateway configuration: built-in defaults, then an optional TOML file
+//! (`--config`), then `GW_*` environment variables (and `DATABASE_URL`),
+//! later layers winning — the same layering as stream-server's `DS_*`.
+//!
+//! Environment names join the section and key with a double underscore:
+//! `GW_SERVER__PORT=9090` sets `port` in `[server]`. A value that does not
+//! parse stops startup with an error naming the key.
+
+use crate::token::{KeyError, TokenKeys};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Printed under `auth-gateway --help`.
+pub const ENVIRONMENT_HELP: &str = "\
+Environment (defaults in brackets):
+  DATABASE_URL                        Postgres holding the token table (required)
+  GW_SERVER__HOST                     address to listen on [127.0.0.1]
+  GW_SERVER__PORT                     port [8080]
+  GW_SERVER__PUBLIC_URL               public base URL for Location headers [from Host]
+  GW_SERVER__SHUTDOWN_GRACE_SECS      wait for in-flight requests on shutdown [10]
+  GW_UPSTREAM__URL                    stream-server to proxy to [http://127.0.0.1:4437]
+  GW_UPSTREAM__CONNECT_TIMEOUT_MS     upstream connect timeout [2000]
+  GW_UPSTREAM__MAX_IDLE_CONNECTIONS   pooled idle upstream connections [256]
+  GW_JWT__ISSUER                      iss claim issued and required [durable-streams-gateway]
+  GW_JWT__AUDIENCE                    aud claim issued and required [durable-streams]
+  GW_JWT__ALGORITHM                   EdDSA or HS256 [EdDSA]
+  GW_JWT__KEY_FILE                    EdDSA: PKCS#8 PEM file; HS256: secret file
+  GW_JWT__KEY                         the same, inline (instead of KEY_FILE)
+  GW_AUTH__QUERY_TOKEN                accept ?access_token= on GET/HEAD [false]
+  GW_AUTH__CACHE_TTL_SECS             token lookups cached this long [30]
+  GW_AUTH__LAST_USED_FLUSH_SECS       last_used_at written this often [10]
+  GW_LIMITS__RATE_PER_SECOND          requests per token per second, 0 = off [200]
+  GW_LIMITS__BURST                    token bucket size [400]
+  GW_LIMITS__MAX_REQUEST_BODY_BYTES   larger bodies get 413 [67108864]
+  GW_HTTP__CORS_ORIGINS               comma-separated allowed origins, or * [*]
+  GW_HTTP__STREAM_BASE_PATH           URL prefix of streams [/v1/stream]
+  RUST_LOG                            log filter [auth_gateway=info,tower_http=info]";
+
+/// Every setting of the gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `DATABASE_URL`; empty means "not configured".
+    pub database_url: String,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub jwt: JwtConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Scheme and authority clients use to reach the gateway, e.g.
+    /// `https://streams.example.com`; `Location` headers are rewritten to it.
+    pub public_url: Option<String>,
+    pub shutdown_grace_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    pub max_idle_connections: usize,
+}
+
+/// Which signature scheme tokens use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    #[serde(alias = "eddsa", alias = "ed25519")]
+    EdDSA,
+    #[serde(alias = "hs256")]
+    HS256,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: JwtAlgorithm,
+    pub key_file: Option<PathBuf>,
+    pub key: Option<String>,
+}
+
+/// Key material stays out of logs and panics.
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("algorithm", &self.algorithm)
+            .field("key_file", &self.key_file)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// RFC 6750 §2.3 query tokens, for `EventSource`, which cannot send headers.
+    pub query_token: bool,
+    pub cache_ttl_secs: f64,
+    pub last_used_flush_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub max_request_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    pub cors_origins: String,
+    pub stream_base_path: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8080,
+            public_url: None,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "http://127.0.0.1:4437".into(),
+            connect_timeout_ms: 2000,
+            max_idle_connections: 256,
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: "durable-streams-gateway".into(),
+            audience: "durable-streams".into(),
+            algorithm: JwtAlgorithm::EdDSA,
+            key_file: None,
+            key: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            query_token: false,
+            cache_ttl_secs: 30.0,
+            last_used_flush_secs: 10.0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rate_per_second: 200,
+            burst: 400,
+            max_request_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: "*".into(),
+            stream_base_path: "/v1/stream".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {key} {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("configuration: jwt key: {0}")]
+    Key(#[from] KeyError),
+}
+
+impl Config {
+    /// Layers defaults, the optional TOML file and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).lowercase(true))
+            .merge(Env::prefixed("GW_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key, secs: f64| {
+            if secs.is_finite() && secs > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be a positive number of seconds, got {secs}"),
+                })
+            }
+        };
+        positive(
+            "server.shutdown_grace_secs",
+            self.server.shutdown_grace_secs,
+        )?;
+        positive("auth.cache_ttl_secs", self.auth.cache_ttl_secs)?;
+        positive("auth.last_used_flush_secs", self.auth.last_used_flush_secs)?;
+        let url = self
+            .upstream
+            .url
+            .parse::<http::Uri>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "upstream.url",
+                reason: format!("is not a URL: {e}"),
+            })?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "upstream.url",
+                reason: format!("must be http://host:port, got {:?}", self.upstream.url),
+            });
+        }
+        if let Some(public) = &self.server.public_url {
+            let parsed = public
+                .parse::<http::Uri>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "server.public_url",
+                    reason: format!("is not a URL: {e}"),
+                })?;
+            if parsed.scheme().is_none() || parsed.authority().is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "server.public_url",
+                    reason: format!("must be scheme://host[:port], got {public:?}"),
+                });
+            }
+        }
+        if !self.http.stream_base_path.starts_with('/') || self.http.stream_base_path.ends_with('/')
+        {
+            return Err(ConfigError::Invalid {
+                key: "http.stream_base_path",
+                reason: "must start with '/' and not end with '/'".into(),
+            });
+        }
+        if self.limits.rate_per_second > 0 && self.limits.burst == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.burst",
+                reason: "must be at least 1 when limits.rate_per_second is set".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The Postgres URL, or an error telling the operator how to set it.
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        if self.database_url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "DATABASE_URL",
+                reason: "is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres)".into(),
+            });
+        }
+        Ok(&self.database_url)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.server.shutdown_grace_secs)
+    }
+
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.auth.cache_ttl_secs)
+    }
+
+    pub fn last_used_flush_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.auth.last_used_flush_secs)
+    }
+
+    /// `None` means any origin.
+    pub fn cors_origins(&self) -> Option<Vec<String>> {
+        let origins = self.http.cors_origins.trim();
+        if origins == "*" {
+            return None;
+        }
+        Some(
+            origins
+                .split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        )
+    }
+}
+
+impl JwtConfig {
+    /// Loads the signing key from `key` or `key_file`.
+    pub fn keys(&self) -> Result<TokenKeys, ConfigError> {
+        let material = match (&self.key, &self.key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "jwt.key",
+                    reason: "and jwt.key_file are both set; choose one".into(),
+                });
+            }
+            (Some(key), None) => key.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    key: "jwt.key_file",
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?
+            }
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    key: "jwt.key_file",
+                    reason:
+                        "is not set: create a key with `auth-gateway keygen > gateway-key.pem` \
+                             and set GW_JWT__KEY_FILE=gateway-key.pem"
+                            .into(),
+                });
+            }
+        };
+        let keys = match self.algorithm {
+            JwtAlgorithm::EdDSA => TokenKeys::ed25519_from_pem(&material)?,
+            // A trailing newline from `echo secret > file` is not part of the secret.
+            JwtAlgorithm::HS256 => {
+                TokenKeys::hs256(material.trim_end_matches(['\n', '\r']).as_bytes())?
+            }
+        };
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::generate_ed25519_pem;
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let config = Config::default();
+        config.validate().expect("defaults validate");
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.upstream.url, "http://127.0.0.1:4437");
+        assert!(ENVIRONMENT_HELP.contains("GW_UPSTREAM__URL"));
+        assert!(config.database_url().is_err(), "DATABASE_URL is required");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut config = Config::default();
+        config.upstream.url = "ftp://x".into();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("upstream.url")
+        );
+        let mut config = Config::default();
+        config.auth.cache_ttl_secs = 0.0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cache_ttl")
+        );
+        let mut config = Config::default();
+        config.server.public_url = Some("example.com".into());
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("public_url")
+        );
+    }
+
+    #[test]
+    fn keys_come_from_inline_or_file_and_never_print() {
+        let pem = generate_ed25519_pem().expect("keygen");
+        let mut jwt = Config::default().jwt;
+        assert!(jwt.keys().unwrap_err().to_string().contains("keygen"));
+        jwt.key = Some(pem.clone());
+        jwt.keys().expect("inline PEM");
+        assert!(!format!("{jwt:?}").contains("PRIVATE"));
+        let dir = std::env::temp_dir().join(format!("gw-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("{}\n", "s".repeat(32))).expect("write");
+        let hs = JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
+            key: None,
+            key_file: Some(file),
+            ..jwt.clone()
+        };
+        hs.keys().expect("32-byte secret with a trailing newline");
+        jwt.key_file = Some(dir.join("missing"));
+        assert!(jwt.keys().unwrap_err().to_string().contains("both set"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

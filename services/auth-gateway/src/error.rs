@@ -1,0 +1,207 @@
+//! The one place where gateway refusals become HTTP responses.
+//!
+//! Bodies use stream-server's format (RFC 9457 `application/problem+json`),
+//! so a client handles a refusal the same way whichever service sent it.
+//! Authentication failures also carry RFC 6750 `WWW-Authenticate`
+//! challenges.
+
+use crate::scope::Scope;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Realm named in every bearer challenge.
+const REALM: &str = "durable-streams";
+
+/// Why the gateway refused or could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// 401: no credentials at all.
+    #[error("a bearer token is required")]
+    MissingToken,
+    /// 401: credentials that do not authenticate (bad signature, expired,
+    /// revoked, unknown, malformed).
+    #[error("invalid bearer token: {0}")]
+    InvalidToken(&'static str),
+    /// 400: the token was sent in more than one way (RFC 6750 §2).
+    #[error("send the bearer token in one place only: {0}")]
+    InvalidRequest(&'static str),
+    /// 403: the token is valid but lacks the scope on this stream.
+    #[error("token lacks the {scope} scope on {target}")]
+    InsufficientScope { scope: Scope, target: String },
+    /// 429: the token's request budget is spent.
+    #[error("too many requests for this token; retry in {}s", retry_after_secs(*.retry_after))]
+    RateLimited { retry_after: Duration },
+    /// 413: the body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    /// 400: the request is malformed (bad path, bad admin input).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 405: the URL does not support this method.
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    /// 404: nothing is served at this URL.
+    #[error("{0}")]
+    NotFound(String),
+    /// 503: tokens cannot be checked, so nothing is let through.
+    #[error("token store unavailable")]
+    AuthUnavailable,
+    /// 502: stream-server could not be reached or failed mid-request.
+    #[error("upstream stream-server unavailable")]
+    Upstream,
+    /// 500: an operation the gateway itself failed.
+    #[error("internal error")]
+    Internal,
+}
+
+/// RFC 9457 problem details, as stream-server writes them.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl GatewayError {
+    fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidRequest(_) | GatewayError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream => StatusCode::BAD_GATEWAY,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The RFC 6750 §3 challenge, for refusals that have one.
+    fn challenge(&self) -> Option<String> {
+        let (error, description, scope) = match self {
+            GatewayError::MissingToken => ("invalid_token", "a bearer token is required", None),
+            GatewayError::InvalidToken(reason) => ("invalid_token", *reason, None),
+            GatewayError::InvalidRequest(reason) => ("invalid_request", *reason, None),
+            GatewayError::InsufficientScope { scope, .. } => (
+                "insufficient_scope",
+                "the token lacks the scope for this request",
+                Some(scope.as_str()),
+            ),
+            _ => return None,
+        };
+        let mut challenge = format!(
+            r#"Bearer realm="{REALM}", error="{error}", error_description="{description}""#
+        );
+        if let Some(scope) = scope {
+            challenge.push_str(&format!(r#", scope="{scope}""#));
+        }
+        Some(challenge)
+    }
+}
+
+/// `Retry-After` is whole seconds; never advise retrying at once.
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request refused");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(value) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let GatewayError::RateLimited { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, retry_after_secs(retry_after).into());
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(response: &Response, name: header::HeaderName) -> String {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn authentication_failures_carry_bearer_challenges() {
+        let response = GatewayError::InvalidToken("token expired").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&response, header::WWW_AUTHENTICATE),
+            r#"Bearer realm="durable-streams", error="invalid_token", error_description="token expired""#
+        );
+        assert_eq!(
+            header(&response, header::CONTENT_TYPE),
+            "application/problem+json"
+        );
+        let response = GatewayError::InsufficientScope {
+            scope: Scope::Write,
+            target: "chat/a".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let challenge = header(&response, header::WWW_AUTHENTICATE);
+        assert!(challenge.contains(r#"error="insufficient_scope""#));
+        assert!(challenge.contains(r#"scope="write""#));
+    }
+
+    #[test]
+    fn rate_limits_round_retry_after_up() {
+        let response = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&response, header::RETRY_AFTER), "2");
+        let response = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(3),
+        }
+        .into_response();
+        assert_eq!(header(&response, header::RETRY_AFTER), "1");
+    }
+
+    #[test]
+    fn server_side_failures_have_no_challenge() {
+        let response = GatewayError::AuthUnavailable.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+}

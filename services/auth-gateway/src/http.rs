@@ -1,0 +1,280 @@
+//! The gateway's HTTP surface: health checks, the admin API, and every
+//! stream URL — authenticated, authorised, rate limited, then proxied.
+
+use crate::admin;
+use crate::authenticator::Authenticator;
+use crate::config::Config;
+use crate::credentials;
+use crate::error::GatewayError;
+use crate::grant::Grant;
+use crate::proxy::{Forwarding, Identity, Upstream};
+use crate::rate_limit::RateLimiter;
+use crate::scope::Scope;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode, request::Parts};
+use percent_encoding::percent_decode_str;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+/// Everything a request handler needs, shared by all of them.
+pub struct Gateway {
+    pub config: Config,
+    pub authenticator: Arc<Authenticator>,
+    pub upstream: Upstream,
+    pub limiter: RateLimiter,
+}
+
+pub type SharedGateway = Arc<Gateway>;
+
+/// Protocol headers browsers may send (CORS preflight).
+const ALLOWED_HEADERS: [&str; 13] = [
+    "authorization",
+    "content-type",
+    "if-none-match",
+    "stream-seq",
+    "stream-ttl",
+    "stream-expires-at",
+    "stream-closed",
+    "stream-forked-from",
+    "stream-fork-offset",
+    "stream-fork-sub-offset",
+    "producer-id",
+    "producer-epoch",
+    "producer-seq",
+];
+
+/// Protocol headers browsers may read.
+const EXPOSED_HEADERS: [&str; 16] = [
+    "stream-next-offset",
+    "stream-up-to-date",
+    "stream-cursor",
+    "stream-closed",
+    "stream-ttl",
+    "stream-expires-at",
+    "stream-sse-data-encoding",
+    "producer-epoch",
+    "producer-seq",
+    "producer-expected-seq",
+    "producer-received-seq",
+    "etag",
+    "location",
+    "content-type",
+    "retry-after",
+    "www-authenticate",
+];
+
+/// The complete application.
+pub fn app(gateway: SharedGateway) -> Router {
+    let base = gateway.config.http.stream_base_path.clone();
+    let cors = cors(gateway.config.cors_origins());
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/admin", admin::routes())
+        .route(&format!("{base}/{{*path}}"), any(stream))
+        .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
+        .with_state(gateway)
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(
+            // Spans name the path only: a query may carry `access_token`.
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!("request", method = %request.method(), path = request.uri().path())
+            }),
+        )
+}
+
+fn cors(origins: Option<Vec<String>>) -> CorsLayer {
+    let allow_origin = match origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// Ready when Postgres and stream-server both answer.
+async fn readyz(State(gateway): State<SharedGateway>) -> Response {
+    let (postgres, upstream) = tokio::join!(
+        gateway.authenticator.store().ping(),
+        gateway.upstream.is_healthy()
+    );
+    let body = serde_json::json!({
+        "postgres": if postgres.is_ok() { "ok" } else { "unreachable" },
+        "upstream": if upstream { "ok" } else { "unreachable" },
+        "revocation_listener": gateway.authenticator.is_listening(),
+    });
+    let status = if postgres.is_ok() && upstream {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// An authenticated caller within its rate limit.
+pub struct Caller {
+    pub grant: Arc<Grant>,
+    /// The request's query without credentials.
+    pub forward_query: Option<String>,
+}
+
+/// Authenticates the request and charges its token's rate limit.
+pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, GatewayError> {
+    let found = credentials::extract(
+        &parts.method,
+        &parts.headers,
+        parts.uri.query(),
+        gateway.config.auth.query_token,
+    )?;
+    let token = found.token.ok_or(GatewayError::MissingToken)?;
+    let grant = gateway.authenticator.authenticate(&token).await?;
+    gateway.limiter.check(&grant.token_id)?;
+    Ok(Caller {
+        grant,
+        forward_query: found.forward_query,
+    })
+}
+
+/// Any request to a stream URL.
+async fn stream(State(gateway): State<SharedGateway>, request: Request) -> Response {
+    authorize_and_forward(&gateway, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn authorize_and_forward(
+    gateway: &Gateway,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let Caller {
+        grant,
+        forward_query,
+    } = authenticate(gateway, &parts).await?;
+    let scope =
+        Scope::for_stream_method(parts.method.as_str()).ok_or(GatewayError::MethodNotAllowed)?;
+    let base = gateway.config.http.stream_base_path.as_str();
+    let path = stream_path(
+        parts
+            .uri
+            .path()
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or_default(),
+    )?;
+    if !grant.allows(scope, &path) {
+        return Err(GatewayError::InsufficientScope {
+            scope,
+            target: path,
+        });
+    }
+    if parts.method == Method::PUT
+        && let Some(source) = parts.headers.get("stream-forked-from")
+    {
+        let source = source
+            .to_str()
+            .map_err(|_| GatewayError::BadRequest("Stream-Forked-From is not text".into()))?;
+        let relative = source
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(source.trim_start_matches('/'));
+        let source = stream_path(relative)?;
+        if !grant.allows(Scope::Read, &source) {
+            return Err(GatewayError::InsufficientScope {
+                scope: Scope::Read,
+                target: source,
+            });
+        }
+    }
+
+    let client_addr = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let forwarding = Forwarding {
+        identity: Some(Identity {
+            subject: grant.subject.clone(),
+            token_id: grant.token_id.clone(),
+        }),
+        query: forward_query,
+        client_addr,
+        public_origin: public_origin(&gateway.config, &parts),
+    };
+    gateway
+        .upstream
+        .forward(Request::from_parts(parts, body), forwarding)
+        .await
+}
+
+/// The percent-decoded stream path, refused when it could be read as a
+/// different stream than the one authorised (`.`, `..`, empty segments).
+fn stream_path(raw: &str) -> Result<String, GatewayError> {
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| GatewayError::BadRequest("stream path is not valid UTF-8".into()))?;
+    if decoded
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(GatewayError::BadRequest(
+            "stream path contains an empty, '.' or '..' segment".into(),
+        ));
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Scheme and authority clients reach the gateway at: configured, or the
+/// request's own `Host`.
+fn public_origin(config: &Config, parts: &Parts) -> String {
+    if let Some(url) = &config.server.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_paths_decode_and_refuse_traversal() {
+        assert_eq!(stream_path("chat/room%201").expect("ok"), "chat/room 1");
+        assert_eq!(stream_path("a%2Fb").expect("ok"), "a/b");
+        for bad in ["", "a//b", "a/../b", "%2E%2E/x", "a/.", "a%2F%2Fb", "%FF"] {
+            assert!(stream_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The `auth-gateway` binary: load configuration, then serve or run an
+//! administrative command.
+
+use auth_gateway::cli::{self, Cli, Command};
+use auth_gateway::config::Config;
+use auth_gateway::{server, shutdown, telemetry};
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        command => cli::run(&config, command).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = server::bind(&config).await.map_err(|e| e.to_string())?;
+    server::serve(config, listener, shutdown::signal())
+        .await
+        .map_err(|e| e.to_string())
+}

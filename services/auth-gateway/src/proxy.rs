@@ -1,0 +1,352 @@
+//! The reverse proxy to stream-server: bodies stream through in both
+//! directions (chunked uploads, long-polls, SSE) without buffering or
+//! timeouts, over a pool of keep-alive connections.
+//!
+//! Dropping the client's request or response drops the upstream one, so a
+//! client that disconnects cancels its upstream request. Hop-by-hop headers
+//! (RFC 9110 §7.6.1) stay on their hop; credentials never travel upstream;
+//! identity headers are the gateway's own; `Location` points at the gateway.
+
+use crate::error::GatewayError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Subject of the token that authorised the request.
+pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+/// Id (`jti`) of the token that authorised the request.
+pub const X_AUTH_TOKEN_ID: HeaderName = HeaderName::from_static("x-auth-token-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Connection-specific headers (RFC 9110 §7.6.1) that never cross the gateway.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Who is calling, for the identity headers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject: String,
+    pub token_id: String,
+}
+
+/// What the handler learned about a request that the proxy needs.
+#[derive(Debug)]
+pub struct Forwarding {
+    pub identity: Option<Identity>,
+    /// The query to send upstream (credentials removed).
+    pub query: Option<String>,
+    pub client_addr: Option<SocketAddr>,
+    /// Scheme and authority clients use for the gateway.
+    pub public_origin: String,
+}
+
+/// The pooled client for one stream-server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    /// `http://host:port`, no trailing slash.
+    origin: String,
+    max_body_bytes: u64,
+}
+
+impl Upstream {
+    pub fn new(
+        origin: &str,
+        connect_timeout: Duration,
+        max_idle: usize,
+        max_body_bytes: u64,
+    ) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(max_idle)
+            .build(connector);
+        Upstream {
+            client,
+            origin: origin.trim_end_matches('/').to_owned(),
+            max_body_bytes,
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Whether stream-server answers its health check.
+    pub async fn is_healthy(&self) -> bool {
+        let Ok(uri) = format!("{}/healthz", self.origin).parse::<Uri>() else {
+            return false;
+        };
+        let request = match Request::get(uri).body(Body::empty()) {
+            Ok(request) => request,
+            Err(_) => return false,
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await,
+            Ok(Ok(response)) if response.status().is_success()
+        )
+    }
+
+    /// Sends `request` upstream and returns stream-server's response with
+    /// its body still streaming.
+    pub async fn forward(
+        &self,
+        request: Request,
+        forwarding: Forwarding,
+    ) -> Result<Response, GatewayError> {
+        let (mut parts, body) = request.into_parts();
+        if declared_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes) {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: self.max_body_bytes,
+            });
+        }
+        let path = parts.uri.path();
+        let target = match &forwarding.query {
+            Some(query) => format!("{}{path}?{query}", self.origin),
+            None => format!("{}{path}", self.origin),
+        };
+        parts.uri = target
+            .parse()
+            .map_err(|_| GatewayError::BadRequest("request URL cannot be forwarded".into()))?;
+        let original_host = parts.headers.get(header::HOST).cloned();
+        prepare_request_headers(&mut parts.headers, &forwarding, original_host);
+        // The pool speaks HTTP/1.1 to stream-server whatever the client used.
+        parts.version = Version::HTTP_11;
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let upstream_request = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
+
+        let response = self.client.request(upstream_request).await.map_err(|e| {
+            if caused_by_length_limit(&e) {
+                GatewayError::PayloadTooLarge {
+                    limit: self.max_body_bytes,
+                }
+            } else {
+                tracing::warn!("upstream request failed: {e}");
+                GatewayError::Upstream
+            }
+        })?;
+        let (mut parts, body) = response.into_parts();
+        prepare_response_headers(&mut parts.headers, &self.origin, &forwarding.public_origin);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    forwarding: &Forwarding,
+    original_host: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    // Credentials end at the gateway; identity is the gateway's to assert.
+    for name in [
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::HOST,
+        X_AUTH_SUBJECT,
+        X_AUTH_TOKEN_ID,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(identity) = &forwarding.identity {
+        if let Ok(subject) = HeaderValue::from_str(&identity.subject) {
+            headers.insert(X_AUTH_SUBJECT, subject);
+        }
+        if let Ok(id) = HeaderValue::from_str(&identity.token_id) {
+            headers.insert(X_AUTH_TOKEN_ID, id);
+        }
+    }
+    if let Some(addr) = forwarding.client_addr {
+        let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {}", addr.ip()),
+            None => addr.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    let proto = if forwarding.public_origin.starts_with("https:") {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+fn prepare_response_headers(headers: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
+    strip_hop_by_hop(headers);
+    // The gateway's CORS layer answers for itself; upstream's copies would
+    // duplicate (and could contradict) them.
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
+    let rewritten = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|location| location.strip_prefix(upstream_origin))
+        .and_then(|rest| HeaderValue::from_str(&format!("{public_origin}{rest}")).ok());
+    if let Some(location) = rewritten {
+        headers.insert(header::LOCATION, location);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding() -> Forwarding {
+        Forwarding {
+            identity: Some(Identity {
+                subject: "alice".into(),
+                token_id: "t-1".into(),
+            }),
+            query: None,
+            client_addr: Some("10.0.0.7:5000".parse().expect("addr")),
+            public_origin: "https://streams.example.com".into(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn request_headers_lose_hops_credentials_and_spoofed_identity() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-private-hop"),
+            ("x-private-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("authorization", "Bearer secret"),
+            ("proxy-authorization", "Basic x"),
+            ("x-auth-subject", "mallory"),
+            ("x-auth-token-id", "forged"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("stream-seq", "42"),
+            ("producer-id", "p"),
+            ("content-type", "text/plain"),
+        ]);
+        let host = Some(HeaderValue::from_static("streams.example.com"));
+        prepare_request_headers(&mut headers, &forwarding(), host);
+        for gone in [
+            "connection",
+            "x-private-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "authorization",
+            "proxy-authorization",
+            "host",
+        ] {
+            assert!(headers.get(gone).is_none(), "{gone} must not be forwarded");
+        }
+        assert_eq!(headers["x-auth-subject"], "alice");
+        assert_eq!(headers["x-auth-token-id"], "t-1");
+        assert_eq!(headers.get_all("x-auth-subject").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 10.0.0.7");
+        assert_eq!(headers["x-forwarded-host"], "streams.example.com");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["stream-seq"], "42");
+        assert_eq!(headers["producer-id"], "p");
+    }
+
+    #[test]
+    fn response_location_points_at_the_gateway() {
+        let mut headers = map(&[
+            ("location", "http://127.0.0.1:4437/v1/stream/chat/a"),
+            ("access-control-allow-origin", "*"),
+            ("stream-next-offset", "0000000000000000_0000000000000000"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        prepare_response_headers(
+            &mut headers,
+            "http://127.0.0.1:4437",
+            "https://streams.example.com",
+        );
+        assert_eq!(
+            headers["location"],
+            "https://streams.example.com/v1/stream/chat/a"
+        );
+        assert!(headers.get("access-control-allow-origin").is_none());
+        assert!(headers.get("transfer-encoding").is_none());
+        assert_eq!(
+            headers["stream-next-offset"],
+            "0000000000000000_0000000000000000"
+        );
+    }
+
+    #[test]
+    fn declared_lengths_parse() {
+        assert_eq!(declared_length(&map(&[("content-length", "12")])), Some(12));
+        assert_eq!(declared_length(&map(&[("content-length", "x")])), None);
+        assert_eq!(declared_length(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Running the gateway: load keys, connect (lazily) to Postgres, apply
+//! migrations, start the revocation listener and housekeeping, then serve
+//! until shutdown, giving open connections a bounded grace period.
+
+use crate::authenticator::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::http::{Gateway, SharedGateway, app};
+use crate::proxy::Upstream;
+use crate::rate_limit::RateLimiter;
+use crate::store::{StoreError, TokenStore};
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long startup waits for Postgres before giving up.
+const STARTUP_DATABASE_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the configured address (port 0 picks a free port).
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// The shared state of a gateway for `config`, without touching the
+/// network: Postgres is connected on first use.
+pub fn gateway(config: Config) -> Result<SharedGateway, ServeError> {
+    let keys = config.jwt.keys()?;
+    let store = TokenStore::connect_lazy(config.database_url()?)?;
+    let authenticator = Arc::new(Authenticator::new(
+        keys,
+        config.jwt.issuer.clone(),
+        config.jwt.audience.clone(),
+        store,
+        config.cache_ttl(),
+    ));
+    let upstream = Upstream::new(
+        &config.upstream.url,
+        Duration::from_millis(config.upstream.connect_timeout_ms),
+        config.upstream.max_idle_connections,
+        config.limits.max_request_body_bytes,
+    );
+    let limiter = RateLimiter::new(config.limits.rate_per_second, config.limits.burst);
+    Ok(Arc::new(Gateway {
+        config,
+        authenticator,
+        upstream,
+        limiter,
+    }))
+}
+
+/// Applies pending migrations, waiting for Postgres to come up first.
+async fn migrate_when_reachable(store: &TokenStore) -> Result<(), ServeError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_DATABASE_WAIT;
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Database(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("waiting for Postgres: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let grace = config.shutdown_grace();
+    let flush_every = config.last_used_flush_interval();
+    let gateway = gateway(config)?;
+    migrate_when_reachable(gateway.authenticator.store()).await?;
+
+    let listener_task = tokio::spawn(gateway.authenticator.clone().follow_changes());
+    let housekeeping = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(flush_every);
+            loop {
+                ticks.tick().await;
+                gateway.authenticator.maintain().await;
+                gateway.limiter.prune();
+            }
+        })
+    };
+
+    let local = listener.local_addr()?;
+    tracing::info!(
+        upstream = gateway.upstream.origin(),
+        "auth-gateway listening on http://{local}"
+    );
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down; waiting up to {grace:?} for open requests");
+        let _ = started_tx.send(());
+    };
+    let server = axum::serve(
+        listener,
+        app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .into_future();
+    // Live reads (SSE, long-poll) may never finish on their own.
+    let grace_over = async move {
+        if started_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(ServeError::from),
+        () = grace_over => {
+            tracing::warn!("grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
+    listener_task.abort();
+    housekeeping.abort();
+    gateway.authenticator.maintain().await;
+    result
+}
