@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI runs it:
 #   formatting, lints, the Rust test suites, and the published conformance
-#   suite against stream-server's in-memory storage.
+#   suite against stream-server in every storage mode and through auth-gateway.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# The gateway's store tests create (and drop) their own database on this
-# Postgres server; the default is the local one with trust authentication.
+# The gateway's tests (and its conformance run) create and drop their own
+# databases on this Postgres server; the default is the local one with trust
+# authentication.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 step "cargo fmt --check"
@@ -25,6 +26,6 @@ else
 fi
 
 step "conformance suite"
-for mode in ${CONFORMANCE_MODES:-memory file-fast file-durable acid}; do
+for mode in ${CONFORMANCE_MODES:-memory file-fast file-durable acid gateway}; do
   tests/conformance/run.sh "$mode"
 done

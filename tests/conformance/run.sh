@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Runs the Durable Streams conformance suite against stream-server.
 #
-#   tests/conformance/run.sh [STORAGE_MODE]      (default: memory)
+#   tests/conformance/run.sh [MODE]
 #
-# Builds the server, starts it on a free loopback port with a 1-second
-# long-poll timeout and a scratch data directory, waits until /readyz
-# answers, runs the suite, stops the server and prints the suite's summary.
-# Set CONFORMANCE_BASE_URL to test an already running server instead
-# (the gateway, for example); then nothing is built or started.
+# MODE is a storage mode (memory, file-fast, file-durable, acid; default
+# memory), or `gateway`: stream-server (memory) behind auth-gateway, with the
+# suite sending a token that holds read, write and delete on every stream.
+# The gateway mode needs Postgres at DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres); it creates and drops a scratch
+# database there when psql is available.
+#
+# Servers start on free loopback ports with a 1-second long-poll timeout and
+# scratch data directories; the script waits until they are ready, runs the
+# suite, stops them and prints the suite's summary.
+# Set CONFORMANCE_BASE_URL (and CONFORMANCE_TOKEN if it needs one) to test an
+# already running server instead; then nothing is built or started.
 set -euo pipefail
 
 mode="${1:-memory}"
@@ -20,57 +27,106 @@ if [ ! -d "$here/node_modules/@durable-streams/server-conformance-tests" ]; then
   (cd "$here" && npm ci --no-audit --no-fund)
 fi
 
-server_pid=""
-data_dir=""
+pids=()
+work_dir="$(mktemp -d)"
+scratch_db=""
+database_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ -n "$scratch_db" ]; then
+    psql -q "$database_url" -c "DROP DATABASE IF EXISTS $scratch_db WITH (FORCE)" >/dev/null 2>&1 || true
   fi
-  [ -n "$data_dir" ] && rm -rf "$data_dir"
+  rm -rf "$work_dir"
 }
 trap cleanup EXIT
 
-if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
-  cargo_flags=()
-  [ "$profile" = "release" ] && cargo_flags+=(--release)
-  (cd "$root" && cargo build --quiet -p stream-server "${cargo_flags[@]}")
-  data_dir="$(mktemp -d)"
-  log="$data_dir/server.log"
-  # Port 0: the server picks a free port and logs where it listens.
-  DS_SERVER__HOST=127.0.0.1 \
-  DS_SERVER__PORT=0 \
-  DS_SERVER__LONG_POLL_TIMEOUT_SECS=1 \
-  DS_STORAGE__MODE="$mode" \
-  DS_STORAGE__DATA_DIR="$data_dir/data" \
-  NO_COLOR=1 \
-  RUST_LOG="${RUST_LOG:-stream_server=info}" \
-    "$root/target/$profile/stream-server" >"$log" 2>&1 &
-  server_pid=$!
-  CONFORMANCE_BASE_URL=""
-  for _ in $(seq 1 100); do
-    if [ -z "$CONFORMANCE_BASE_URL" ]; then
-      CONFORMANCE_BASE_URL="$(sed -n 's/\x1b\[[0-9;]*m//g; s|.*listening on \(http://[^/ ]*\).*|\1|p' "$log" | head -n 1)"
+# start VAR NAME LOG COMMAND... — runs COMMAND in the background, waits until
+# it logs "listening on <url>" and answers /readyz, and sets VAR to the URL.
+# (Not called in a subshell, so cleanup knows every pid.)
+start() {
+  local var="$1" name="$2" log="$3"
+  shift 3
+  NO_COLOR=1 "$@" >"$log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  local url=""
+  for _ in $(seq 1 300); do
+    if [ -z "$url" ]; then
+      url="$(sed -n 's/\x1b\[[0-9;]*m//g; s|.*listening on \(http://[^/ ]*\).*|\1|p' "$log" | head -n 1)"
     fi
-    if [ -n "$CONFORMANCE_BASE_URL" ] && curl -fsS "$CONFORMANCE_BASE_URL/readyz" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "conformance: stream-server exited during startup:" >&2
+    if [ -n "$url" ] && curl -fsS "$url/readyz" >/dev/null 2>&1; then
+      printf -v "$var" '%s' "$url"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "conformance: $name exited during startup:" >&2
       cat "$log" >&2
-      exit 1
+      return 1
     fi
     sleep 0.1
   done
-  if [ -z "$CONFORMANCE_BASE_URL" ]; then
-    echo "conformance: stream-server did not report its address:" >&2
-    cat "$log" >&2
-    exit 1
+  echo "conformance: $name did not become ready:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
+  storage="$mode"
+  [ "$mode" = "gateway" ] && storage="memory"
+  packages=(-p stream-server)
+  [ "$mode" = "gateway" ] && packages+=(-p auth-gateway)
+  cargo_flags=()
+  [ "$profile" = "release" ] && cargo_flags+=(--release)
+  (cd "$root" && cargo build --quiet "${packages[@]}" "${cargo_flags[@]}")
+
+  server_url=""
+  start server_url stream-server "$work_dir/stream-server.log" env \
+    DS_SERVER__HOST=127.0.0.1 \
+    DS_SERVER__PORT=0 \
+    DS_SERVER__LONG_POLL_TIMEOUT_SECS=1 \
+    DS_STORAGE__MODE="$storage" \
+    DS_STORAGE__DATA_DIR="$work_dir/data" \
+    RUST_LOG="${RUST_LOG:-stream_server=info}" \
+    "$root/target/$profile/stream-server"
+  echo "conformance: stream-server ($storage) at $server_url"
+  CONFORMANCE_BASE_URL="$server_url"
+
+  if [ "$mode" = "gateway" ]; then
+    gateway="$root/target/$profile/auth-gateway"
+    gateway_db_url="$database_url"
+    if command -v psql >/dev/null; then
+      scratch_db="ds_conformance_$$"
+      psql -q "$database_url" -c "CREATE DATABASE $scratch_db" >/dev/null
+      gateway_db_url="${database_url%/*}/$scratch_db"
+    else
+      echo "conformance: psql not found; using DATABASE_URL's database for the token table"
+    fi
+    "$gateway" keygen >"$work_dir/gateway-key.pem"
+    export DATABASE_URL="$gateway_db_url" GW_JWT__KEY_FILE="$work_dir/gateway-key.pem"
+    "$gateway" migrate
+    CONFORMANCE_TOKEN="$("$gateway" token create --subject conformance \
+      --scope read --scope write --scope delete --stream '**' --ttl 2h \
+      --description "conformance run")"
+    export CONFORMANCE_TOKEN
+    start CONFORMANCE_BASE_URL auth-gateway "$work_dir/auth-gateway.log" env \
+      GW_SERVER__HOST=127.0.0.1 \
+      GW_SERVER__PORT=0 \
+      GW_UPSTREAM__URL="$server_url" \
+      GW_LIMITS__RATE_PER_SECOND=0 \
+      RUST_LOG="${RUST_LOG:-auth_gateway=info}" \
+      "$gateway"
+    echo "conformance: auth-gateway at $CONFORMANCE_BASE_URL"
   fi
   export CONFORMANCE_BASE_URL
-  echo "conformance: stream-server ($mode) at $CONFORMANCE_BASE_URL"
 fi
 
 cd "$here"
-log_file="$(mktemp)"
+log_file="$work_dir/vitest.log"
 status=0
 NO_COLOR=1 FORCE_COLOR=0 npx vitest run >"$log_file" 2>&1 || status=$?
 sed -i "s/\x1b\[[0-9;]*m//g" "$log_file"
@@ -81,7 +137,6 @@ summary="$(grep -E '^\s*Tests\s' "$log_file" || true)"
 passed="$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
 failed="$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
 skipped="$(grep -oE '[0-9]+ skipped' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
-rm -f "$log_file"
 echo "conformance ($mode): $passed passed, $failed failed, $skipped skipped"
 if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
   echo "conformance: the suite ran no test" >&2

@@ -4,6 +4,8 @@ import { defineConfig } from 'vitest/config'
 export default defineConfig({
   test: {
     include: ['conformance.test.mjs'],
+    // Adds the bearer token when the suite runs through auth-gateway.
+    setupFiles: ['./auth-setup.mjs'],
     reporters: ['default'],
     // Tests within the suite share one server; run the file on its own.
     fileParallelism: false,

@@ -51,7 +51,11 @@ async fn missing_malformed_and_forged_tokens_get_401_and_reach_nothing() {
     let url = stack.url("guarded");
     let valid = stack.issue("alice", &["read", "write"], &["**"]).await;
 
-    assert_unauthorized(stack.client.put(&url).send().await.expect("send"), "no token").await;
+    assert_unauthorized(
+        stack.client.put(&url).send().await.expect("send"),
+        "no token",
+    )
+    .await;
     for header in [
         "Basic YWxpY2U6cHc=",
         "Bearer",
@@ -80,7 +84,11 @@ async fn missing_malformed_and_forged_tokens_get_401_and_reach_nothing() {
         b64.encode(serde_json::to_vec(&claims).expect("json")),
         parts[2]
     );
-    let none = format!("{}.{}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
     let other_key = TokenKeys::ed25519_from_pem(&generate_ed25519_pem().expect("keygen"))
         .expect("key")
         .sign(&serde_json::from_value(claims.clone()).expect("claims"))
@@ -204,27 +212,42 @@ async fn scopes_and_stream_patterns_give_403() {
 
     let cases = [
         (
-            stack.client.post(stack.url("chat/room")).bearer_auth(&reader.token),
+            stack
+                .client
+                .post(stack.url("chat/room"))
+                .bearer_auth(&reader.token),
             "write",
             "append without write",
         ),
         (
-            stack.client.put(stack.url("chat/new")).bearer_auth(&reader.token),
+            stack
+                .client
+                .put(stack.url("chat/new"))
+                .bearer_auth(&reader.token),
             "write",
             "create without write",
         ),
         (
-            stack.client.delete(stack.url("chat/room")).bearer_auth(&writer.token),
+            stack
+                .client
+                .delete(stack.url("chat/room"))
+                .bearer_auth(&writer.token),
             "delete",
             "delete without delete",
         ),
         (
-            stack.client.get(stack.url("chat/room/deep")).bearer_auth(&reader.token),
+            stack
+                .client
+                .get(stack.url("chat/room/deep"))
+                .bearer_auth(&reader.token),
             "read",
             "* covers one segment only",
         ),
         (
-            stack.client.get(stack.url("other/room")).bearer_auth(&writer.token),
+            stack
+                .client
+                .get(stack.url("other/room"))
+                .bearer_auth(&writer.token),
             "read",
             "outside every pattern",
         ),
@@ -265,7 +288,9 @@ async fn scopes_and_stream_patterns_give_403() {
 async fn forking_needs_read_on_the_source() {
     let stack = Stack::start().await;
     let admin = stack.issue("owner", &["read", "write"], &["**"]).await;
-    let forker = stack.issue("forker", &["read", "write"], &["mine/**"]).await;
+    let forker = stack
+        .issue("forker", &["read", "write"], &["mine/**"])
+        .await;
     for path in ["secret/log", "mine/log"] {
         let response = stack
             .client
@@ -294,7 +319,11 @@ async fn forking_needs_read_on_the_source() {
         .send()
         .await
         .expect("fork");
-    assert_eq!(relative.status(), StatusCode::FORBIDDEN, "relative source path");
+    assert_eq!(
+        relative.status(),
+        StatusCode::FORBIDDEN,
+        "relative source path"
+    );
     let allowed = stack
         .client
         .put(stack.url("mine/fork"))
@@ -498,7 +527,11 @@ async fn unreachable_postgres_fails_closed_with_503() {
         .send()
         .await
         .expect("send");
-    assert_eq!(direct.status(), StatusCode::NOT_FOUND, "nothing reached upstream");
+    assert_eq!(
+        direct.status(),
+        StatusCode::NOT_FOUND,
+        "nothing reached upstream"
+    );
 }
 
 #[tokio::test]
@@ -531,7 +564,10 @@ async fn rate_limit_answers_429_with_retry_after() {
         statuses.push(response.status());
     }
     assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::NOT_FOUND).count(),
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::NOT_FOUND)
+            .count(),
         3,
         "the burst passes (to a 404 upstream): {statuses:?}"
     );
@@ -543,7 +579,11 @@ async fn rate_limit_answers_429_with_retry_after() {
         .send()
         .await
         .expect("send");
-    assert_eq!(other.status(), StatusCode::NOT_FOUND, "buckets are per token");
+    assert_eq!(
+        other.status(),
+        StatusCode::NOT_FOUND,
+        "buckets are per token"
+    );
     stack.finish().await;
 }
 
@@ -551,7 +591,12 @@ async fn rate_limit_answers_429_with_retry_after() {
 async fn last_used_is_recorded() {
     let stack = Stack::start_with(|config| config.auth.last_used_flush_secs = 0.1).await;
     let token = stack.issue("alice", &["read"], &["**"]).await;
-    let before = stack.store.find(&token.id).await.expect("find").expect("row");
+    let before = stack
+        .store
+        .find(&token.id)
+        .await
+        .expect("find")
+        .expect("row");
     assert_eq!(before.last_used_at, None);
     let response = stack
         .client
@@ -563,7 +608,12 @@ async fn last_used_is_recorded() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let row = stack.store.find(&token.id).await.expect("find").expect("row");
+        let row = stack
+            .store
+            .find(&token.id)
+            .await
+            .expect("find")
+            .expect("row");
         if row.last_used_at.is_some() {
             break;
         }

@@ -121,13 +121,17 @@ pub struct Inspection {
     /// Set when an `/v1/stream/endless/*` response body was dropped
     /// (the gateway cancelled it).
     pub endless_dropped: AtomicBool,
+    /// Set when a `/v1/stream/hang/*` request, which never gets an answer,
+    /// was abandoned.
+    pub hang_dropped: AtomicBool,
 }
 
-struct DropFlag(Arc<Inspection>);
+/// Sets a flag when dropped.
+struct DropFlag(Arc<Inspection>, fn(&Inspection) -> &AtomicBool);
 
 impl Drop for DropFlag {
     fn drop(&mut self) {
-        self.0.endless_dropped.store(true, Ordering::SeqCst);
+        (self.1)(&self.0).store(true, Ordering::SeqCst);
     }
 }
 
@@ -135,7 +139,8 @@ impl Drop for DropFlag {
 /// * `/v1/stream/echo/*` answers with the method, path, query and headers as JSON,
 ///   plus a `Location` on its own origin;
 /// * `/v1/stream/sink/*` counts the request body's bytes;
-/// * `/v1/stream/endless/*` streams chunks until the client goes away.
+/// * `/v1/stream/endless/*` streams chunks until the client goes away;
+/// * `/v1/stream/hang/*` never answers (a long-poll that waits forever).
 pub async fn inspecting_upstream() -> (Running, Arc<Inspection>) {
     let inspection = Arc::new(Inspection::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -191,12 +196,16 @@ async fn inspect(
         return total.to_string().into_response();
     }
     if path.starts_with("/v1/stream/endless/") {
-        let flag = DropFlag(seen);
+        let flag = DropFlag(seen, |i| &i.endless_dropped);
         let chunks = futures_util::stream::unfold(flag, |flag| async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             Some((Ok::<_, std::io::Error>(Bytes::from_static(b"tick\n")), flag))
         });
         return Body::from_stream(chunks).into_response();
+    }
+    if path.starts_with("/v1/stream/hang/") {
+        let _flag = DropFlag(seen, |i| &i.hang_dropped);
+        std::future::pending::<()>().await;
     }
     let headers: serde_json::Map<String, serde_json::Value> = request
         .headers()
@@ -363,7 +372,10 @@ impl Stack {
             .issue(TokenRequest {
                 subject: subject.to_owned(),
                 scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
-                streams: streams.iter().map(|p| p.parse().expect("pattern")).collect(),
+                streams: streams
+                    .iter()
+                    .map(|p| p.parse().expect("pattern"))
+                    .collect(),
                 ttl,
                 description: "test".into(),
             })
