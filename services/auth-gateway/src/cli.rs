@@ -140,7 +140,9 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), CommandError
                 .map_err(fail)?;
             eprintln!(
                 "issued token {} for {} (expires {})",
-                issued.info.id, issued.info.subject, issued.info.expires_at
+                issued.info.id,
+                issued.info.subject,
+                date(issued.info.expires_at)
             );
             println!("{}", issued.token);
             Ok(())

@@ -231,7 +231,8 @@ fn prepare_request_headers(
 fn prepare_response_headers(headers: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
     strip_hop_by_hop(headers);
     // The gateway's CORS layer answers for itself; upstream's copies would
-    // duplicate (and could contradict) them.
+    // duplicate (and could contradict) them. That includes the CORS part of
+    // `Vary`; anything else upstream varies on is kept.
     let cors: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with("access-control-"))
@@ -239,6 +240,26 @@ fn prepare_response_headers(headers: &mut HeaderMap, upstream_origin: &str, publ
         .collect();
     for name in cors {
         headers.remove(name);
+    }
+    let vary: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|field| {
+            !field.eq_ignore_ascii_case("origin")
+                && !field
+                    .to_ascii_lowercase()
+                    .starts_with("access-control-request-")
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::VARY);
+    if !vary.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&vary.join(", "))
+    {
+        headers.insert(header::VARY, value);
     }
     let rewritten = headers
         .get(header::LOCATION)
@@ -323,6 +344,8 @@ mod tests {
         let mut headers = map(&[
             ("location", "http://127.0.0.1:4437/v1/stream/chat/a"),
             ("access-control-allow-origin", "*"),
+            ("vary", "origin, access-control-request-method"),
+            ("vary", "accept-encoding"),
             ("stream-next-offset", "0000000000000000_0000000000000000"),
             ("transfer-encoding", "chunked"),
         ]);
@@ -336,6 +359,10 @@ mod tests {
             "https://streams.example.com/v1/stream/chat/a"
         );
         assert!(headers.get("access-control-allow-origin").is_none());
+        assert_eq!(
+            headers.get_all("vary").iter().collect::<Vec<_>>(),
+            ["accept-encoding"]
+        );
         assert!(headers.get("transfer-encoding").is_none());
         assert_eq!(
             headers["stream-next-offset"],
