@@ -33,8 +33,8 @@ Environment (defaults in brackets):
   GW_AUTH__QUERY_TOKEN                accept ?access_token= on GET/HEAD [false]
   GW_AUTH__CACHE_TTL_SECS             token lookups cached this long [30]
   GW_AUTH__LAST_USED_FLUSH_SECS       last_used_at written this often [10]
-  GW_LIMITS__RATE_PER_SECOND          requests per token per second, 0 = off [200]
-  GW_LIMITS__BURST                    token bucket size [400]
+  GW_LIMITS__RATE_PER_SECOND          requests per token per second, 0 = off [1000]
+  GW_LIMITS__BURST                    token bucket size [2000]
   GW_LIMITS__MAX_REQUEST_BODY_BYTES   larger bodies get 413 [67108864]
   GW_HTTP__CORS_ORIGINS               comma-separated allowed origins, or * [*]
   GW_HTTP__STREAM_BASE_PATH           URL prefix of streams [/v1/stream]
@@ -175,8 +175,8 @@ impl Default for AuthConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            rate_per_second: 200,
-            burst: 400,
+            rate_per_second: 1000,
+            burst: 2000,
             max_request_body_bytes: 64 * 1024 * 1024,
         }
     }
