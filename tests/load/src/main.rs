@@ -1,0 +1,18 @@
+//! The `ds-load` binary: parses the command line and runs it; errors are
+//! printed with their causes and end the process with status 1.
+
+use clap::Parser;
+use ds_load::cli::{Cli, execute};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ds-load: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
