@@ -225,14 +225,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key, secs: f64| {
-            if secs.is_finite() && secs > 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("must be a positive number of seconds, got {secs}"),
-                })
-            }
+            service_common::settings::positive_seconds(secs)
+                .map_err(|reason| ConfigError::Invalid { key, reason })
         };
         positive(
             "server.shutdown_grace_secs",
@@ -307,19 +301,9 @@ impl Config {
         Duration::from_secs_f64(self.auth.last_used_flush_secs)
     }
 
-    /// `None` means any origin.
+    /// Allowed CORS origins; `None` means any.
     pub fn cors_origins(&self) -> Option<Vec<String>> {
-        let origins = self.http.cors_origins.trim();
-        if origins == "*" {
-            return None;
-        }
-        Some(
-            origins
-                .split(',')
-                .map(|o| o.trim().to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
-        )
+        service_common::cors::parse_origins(&self.http.cors_origins)
     }
 }
 

@@ -8,7 +8,6 @@
 use crate::scope::Scope;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use serde::Serialize;
 use std::time::Duration;
 
 /// Realm named in every bearer challenge.
@@ -54,16 +53,6 @@ pub enum GatewayError {
     /// 500: an operation the gateway itself failed.
     #[error("internal error")]
     Internal,
-}
-
-/// RFC 9457 problem details, as stream-server writes them.
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: String,
 }
 
 impl GatewayError {
@@ -114,26 +103,8 @@ fn retry_after_secs(wait: Duration) -> u64 {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "request refused");
-        } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
-        }
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.to_string(),
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (status, body).into_response();
+        let mut response = service_common::problem::response(self.status(), &self.to_string());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(value) = self
             .challenge()
             .and_then(|c| HeaderValue::from_str(&c).ok())

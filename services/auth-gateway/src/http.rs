@@ -19,8 +19,7 @@ use http::{Method, StatusCode, request::Parts};
 use percent_encoding::percent_decode_str;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -96,27 +95,11 @@ pub fn app(gateway: SharedGateway) -> Router {
 }
 
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {
-    let allow_origin = match origins {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(
-            list.iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect::<Vec<_>>(),
-        ),
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::PUT,
-            Method::POST,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
-        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
-        .max_age(Duration::from_secs(86_400))
+    service_common::cors::layer(
+        origins,
+        ALLOWED_HEADERS.map(HeaderName::from_static),
+        EXPOSED_HEADERS.map(HeaderName::from_static),
+    )
 }
 
 /// Ready when Postgres and stream-server both answer.

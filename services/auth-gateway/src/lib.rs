@@ -16,7 +16,7 @@
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
 //! * [`issuer`], [`cli`] — issuing tokens; the command line.
-//! * [`server`], [`shutdown`], [`telemetry`] — running it.
+//! * [`server`], [`telemetry`] — running it.
 
 pub mod admin;
 pub mod authenticator;
@@ -32,7 +32,6 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod scope;
 pub mod server;
-pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -3,8 +3,9 @@
 
 use auth_gateway::cli::{self, Cli, Command};
 use auth_gateway::config::Config;
-use auth_gateway::{server, shutdown, telemetry};
+use auth_gateway::{server, telemetry};
 use clap::Parser;
+use service_common::shutdown;
 use std::process::ExitCode;
 
 #[tokio::main]

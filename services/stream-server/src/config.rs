@@ -177,14 +177,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key, secs: f64| {
-            if secs.is_finite() && secs > 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("must be a positive number of seconds, got {secs}"),
-                })
-            }
+            service_common::settings::positive_seconds(secs)
+                .map_err(|reason| ConfigError::Invalid { key, reason })
         };
         positive(
             "server.long_poll_timeout_secs",
@@ -240,17 +234,6 @@ impl Config {
 
     /// Allowed CORS origins; `None` means any.
     pub fn cors_origins(&self) -> Option<Vec<String>> {
-        let origins = self.http.cors_origins.trim();
-        if origins == "*" {
-            return None;
-        }
-        Some(
-            origins
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(String::from)
-                .collect(),
-        )
+        service_common::cors::parse_origins(&self.http.cors_origins)
     }
 }

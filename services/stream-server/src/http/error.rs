@@ -10,7 +10,6 @@ use crate::protocol::producer::ProducerRejection;
 use crate::streams::StreamError;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Serialize;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +38,6 @@ pub enum ApiError {
     /// 404: nothing is served at this URL.
     #[error("no such resource")]
     NoRoute,
-}
-
-/// RFC 9457 problem details.
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: String,
 }
 
 impl ApiError {
@@ -130,26 +119,8 @@ fn stream_status(error: &StreamError) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "request refused");
-        } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
-        }
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.to_string(),
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (status, self.headers(), body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut response = service_common::problem::response(self.status(), &self.to_string());
+        response.headers_mut().extend(self.headers());
         response
     }
 }

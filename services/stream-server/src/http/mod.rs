@@ -26,7 +26,7 @@ use error::ApiError;
 use http::{HeaderName, HeaderValue, Method};
 use std::sync::Arc;
 use std::time::Duration;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -124,25 +124,5 @@ async fn dispatch(
 /// CORS: preflights are answered for any stream URL, every protocol header
 /// may be sent, and every protocol header is readable by scripts.
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {
-    let allow_origin = match origins {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(
-            list.iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect::<Vec<_>>(),
-        ),
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::PUT,
-            Method::POST,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(headers::ALLOWED)
-        .expose_headers(headers::EXPOSED)
-        .max_age(Duration::from_secs(86_400))
+    service_common::cors::layer(origins, headers::ALLOWED, headers::EXPOSED)
 }

@@ -1,0 +1,12 @@
+//! What both services share, so a client sees one behaviour whichever of
+//! them answers:
+//!
+//! * [`problem`] — RFC 9457 `application/problem+json` refusals;
+//! * [`cors`] — the CORS policy (origins from configuration);
+//! * [`shutdown`] — the SIGINT / SIGTERM signal;
+//! * [`settings`] — checks shared by both configurations.
+
+pub mod cors;
+pub mod problem;
+pub mod settings;
+pub mod shutdown;
