@@ -4,7 +4,7 @@
 mod common;
 
 use common::{ScratchDb, Stack};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,13 +19,7 @@ async fn admin_api_issues_lists_and_revokes() {
 
     let no_token = stack.client.get(&tokens_url).send().await.expect("send");
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
-    let not_admin = stack
-        .client
-        .get(&tokens_url)
-        .bearer_auth(&plain.token)
-        .send()
-        .await
-        .expect("send");
+    let not_admin = stack.call(Method::GET, &tokens_url, &plain.token).await;
     assert_eq!(not_admin.status(), StatusCode::FORBIDDEN);
     assert!(common::challenge(&not_admin).contains(r#"scope="admin""#));
 
@@ -51,14 +45,7 @@ async fn admin_api_issues_lists_and_revokes() {
     assert_eq!(created["subject"], "bob");
     assert_eq!(created["status"], "active");
 
-    let put = stack
-        .client
-        .put(stack.url("bob/inbox"))
-        .bearer_auth(&bob_token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let put = stack.create(&stack.url("bob/inbox"), &bob_token).await;
     assert_eq!(put.status(), StatusCode::CREATED, "the issued token works");
 
     for bad in [
@@ -84,13 +71,7 @@ async fn admin_api_issues_lists_and_revokes() {
         );
     }
 
-    let listed = stack
-        .client
-        .get(&tokens_url)
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .expect("send");
+    let listed = stack.call(Method::GET, &tokens_url, &admin.token).await;
     assert_eq!(listed.status(), StatusCode::OK);
     let text = listed.text().await.expect("body");
     assert!(text.contains(&bob_id) && text.contains("made over HTTP"));
@@ -99,39 +80,27 @@ async fn admin_api_issues_lists_and_revokes() {
     }
 
     let one = stack
-        .client
-        .get(format!("{tokens_url}/{bob_id}"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &format!("{tokens_url}/{bob_id}"), &admin.token)
+        .await;
     assert_eq!(one.status(), StatusCode::OK);
     let missing = stack
-        .client
-        .get(format!("{tokens_url}/nope"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &format!("{tokens_url}/nope"), &admin.token)
+        .await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
     let revoked_at = Instant::now();
     let revoke = stack
-        .client
-        .delete(format!("{tokens_url}/{bob_id}"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .expect("send");
+        .call(
+            Method::DELETE,
+            &format!("{tokens_url}/{bob_id}"),
+            &admin.token,
+        )
+        .await;
     assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
     loop {
         let response = stack
-            .client
-            .head(stack.url("bob/inbox"))
-            .bearer_auth(&bob_token)
-            .send()
-            .await
-            .expect("send");
+            .call(Method::HEAD, &stack.url("bob/inbox"), &bob_token)
+            .await;
         if response.status() == StatusCode::UNAUTHORIZED {
             break;
         }
@@ -142,12 +111,12 @@ async fn admin_api_issues_lists_and_revokes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let again = stack
-        .client
-        .delete(format!("{tokens_url}/{bob_id}"))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .expect("send");
+        .call(
+            Method::DELETE,
+            &format!("{tokens_url}/{bob_id}"),
+            &admin.token,
+        )
+        .await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     stack.finish().await;
 }

@@ -7,7 +7,7 @@ mod common;
 use auth_gateway::token::{Claims, TokenKeys, generate_ed25519_pem};
 use base64::Engine;
 use common::{Stack, challenge};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now() -> u64 {
@@ -103,13 +103,7 @@ async fn missing_malformed_and_forged_tokens_get_401_and_reach_nothing() {
         (other_key, "signed by another key"),
         (hs256, "HS256 where EdDSA is configured"),
     ] {
-        let response = stack
-            .client
-            .put(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("send");
+        let response = stack.call(Method::PUT, &url, &token).await;
         assert_unauthorized(response, why).await;
     }
 
@@ -162,13 +156,7 @@ async fn missing_malformed_and_forged_tokens_get_401_and_reach_nothing() {
     ];
     for (claims, why) in cases {
         let token = stack.keys.sign(&claims).expect("sign");
-        let response = stack
-            .client
-            .put(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("send");
+        let response = stack.call(Method::PUT, &url, &token).await;
         assert_unauthorized(response, why).await;
     }
 
@@ -182,14 +170,7 @@ async fn missing_malformed_and_forged_tokens_get_401_and_reach_nothing() {
     assert_eq!(direct.status(), StatusCode::NOT_FOUND);
 
     // The valid token works.
-    let created = stack
-        .client
-        .put(&url)
-        .bearer_auth(&valid.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let created = stack.create(&url, &valid.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     stack.finish().await;
 }
@@ -200,14 +181,7 @@ async fn scopes_and_stream_patterns_give_403() {
     let writer = stack.issue("w", &["read", "write"], &["chat/**"]).await;
     let reader = stack.issue("r", &["read"], &["chat/*"]).await;
 
-    let created = stack
-        .client
-        .put(stack.url("chat/room"))
-        .bearer_auth(&writer.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let created = stack.create(&stack.url("chat/room"), &writer.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
 
     let cases = [
@@ -274,12 +248,8 @@ async fn scopes_and_stream_patterns_give_403() {
     }
 
     let read = stack
-        .client
-        .get(stack.url("chat/room"))
-        .bearer_auth(&reader.token)
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &stack.url("chat/room"), &reader.token)
+        .await;
     assert_eq!(read.status(), StatusCode::OK, "reader may read chat/*");
     stack.finish().await;
 }
@@ -292,14 +262,7 @@ async fn forking_needs_read_on_the_source() {
         .issue("forker", &["read", "write"], &["mine/**"])
         .await;
     for path in ["secret/log", "mine/log"] {
-        let response = stack
-            .client
-            .put(stack.url(path))
-            .bearer_auth(&admin.token)
-            .header("content-type", "text/plain")
-            .send()
-            .await
-            .expect("create");
+        let response = stack.create(&stack.url(path), &admin.token).await;
         assert_eq!(response.status(), StatusCode::CREATED);
     }
     let denied = stack
@@ -341,37 +304,18 @@ async fn revocation_takes_effect_within_a_second() {
     let stack = Stack::start().await;
     let token = stack.issue("alice", &["read", "write"], &["**"]).await;
     let url = stack.url("revoke-me");
-    let created = stack
-        .client
-        .put(&url)
-        .bearer_auth(&token.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let created = stack.create(&url, &token.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     // Warm the cache: the row is now served from memory.
     for _ in 0..5 {
-        let read = stack
-            .client
-            .get(&url)
-            .bearer_auth(&token.token)
-            .send()
-            .await
-            .expect("send");
+        let read = stack.call(Method::GET, &url, &token.token).await;
         assert_eq!(read.status(), StatusCode::OK);
     }
 
     let revoked_at = Instant::now();
     assert!(stack.store.revoke(&token.id).await.expect("revoke"));
     let status = loop {
-        let response = stack
-            .client
-            .get(&url)
-            .bearer_auth(&token.token)
-            .send()
-            .await
-            .expect("send");
+        let response = stack.call(Method::GET, &url, &token.token).await;
         if response.status() != StatusCode::OK || revoked_at.elapsed() > Duration::from_secs(3) {
             break response;
         }
@@ -391,14 +335,7 @@ async fn revocation_within_a_second_even_when_notifications_are_lost() {
     let stack = Stack::start().await;
     let token = stack.issue("alice", &["read", "write"], &["**"]).await;
     let url = stack.url("listener-lost");
-    let created = stack
-        .client
-        .put(&url)
-        .bearer_auth(&token.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let created = stack.create(&url, &token.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
 
     // Cut the gateway's LISTEN connection, as a network failure would.
@@ -431,13 +368,7 @@ async fn revocation_within_a_second_even_when_notifications_are_lost() {
     tx.commit().await.expect("commit");
 
     loop {
-        let response = stack
-            .client
-            .get(&url)
-            .bearer_auth(&token.token)
-            .send()
-            .await
-            .expect("send");
+        let response = stack.call(Method::GET, &url, &token.token).await;
         if response.status() == StatusCode::UNAUTHORIZED {
             break;
         }
@@ -459,23 +390,10 @@ async fn expired_rows_are_refused() {
         .issue_for("alice", &["read", "write"], &["**"], Duration::from_secs(2))
         .await;
     let url = stack.url("short-lived");
-    let created = stack
-        .client
-        .put(&url)
-        .bearer_auth(&short.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let created = stack.create(&url, &short.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let late = stack
-        .client
-        .get(&url)
-        .bearer_auth(&short.token)
-        .send()
-        .await
-        .expect("send");
+    let late = stack.call(Method::GET, &url, &short.token).await;
     assert_unauthorized(late, "expired").await;
     stack.finish().await;
 }
@@ -546,13 +464,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let url = stack.url("limited");
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let response = stack
-            .client
-            .head(&url)
-            .bearer_auth(&alice.token)
-            .send()
-            .await
-            .expect("send");
+        let response = stack.call(Method::HEAD, &url, &alice.token).await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             let retry: u64 = response.headers()["retry-after"]
                 .to_str()
@@ -572,13 +484,7 @@ async fn rate_limit_answers_429_with_retry_after() {
         "the burst passes (to a 404 upstream): {statuses:?}"
     );
     assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
-    let other = stack
-        .client
-        .head(&url)
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .expect("send");
+    let other = stack.call(Method::HEAD, &url, &bob.token).await;
     assert_eq!(
         other.status(),
         StatusCode::NOT_FOUND,
@@ -599,12 +505,8 @@ async fn last_used_is_recorded() {
         .expect("row");
     assert_eq!(before.last_used_at, None);
     let response = stack
-        .client
-        .head(stack.url("anything"))
-        .bearer_auth(&token.token)
-        .send()
-        .await
-        .expect("send");
+        .call(Method::HEAD, &stack.url("anything"), &token.token)
+        .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Stack, challenge, inspecting_upstream};
 use futures_util::StreamExt;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -86,14 +86,7 @@ async fn location_points_at_the_public_url() {
     })
     .await;
     let token = stack.issue("alice", &["write"], &["**"]).await;
-    let response = stack
-        .client
-        .put(stack.url("chat/one"))
-        .bearer_auth(&token.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("send");
+    let response = stack.create(&stack.url("chat/one"), &token.token).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(
         response.headers()["location"],
@@ -107,14 +100,7 @@ async fn sse_and_long_poll_deliver_appends_live() {
     let stack = Stack::start_with(|config| config.auth.query_token = true).await;
     let token = stack.issue("alice", &["read", "write"], &["**"]).await;
     let url = stack.url("live");
-    let created = stack
-        .client
-        .put(&url)
-        .bearer_auth(&token.token)
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .expect("create");
+    let created = stack.create(&url, &token.token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let tail = created.headers()["stream-next-offset"]
         .to_str()
@@ -187,12 +173,8 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     let stack = Stack::in_front_of(upstream, |_| {}).await;
     let token = stack.issue("alice", &["read"], &["**"]).await;
     let response = stack
-        .client
-        .get(stack.url("endless/x"))
-        .bearer_auth(&token.token)
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &stack.url("endless/x"), &token.token)
+        .await;
     let mut body = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(2), body.next())
         .await
@@ -361,13 +343,7 @@ async fn health_and_readiness() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let token = stack.issue("alice", &["read"], &["**"]).await;
-    let proxied = stack
-        .client
-        .get(stack.url("x"))
-        .bearer_auth(&token.token)
-        .send()
-        .await
-        .expect("send");
+    let proxied = stack.call(Method::GET, &stack.url("x"), &token.token).await;
     assert_eq!(proxied.status(), StatusCode::BAD_GATEWAY);
     stack.finish().await;
 }

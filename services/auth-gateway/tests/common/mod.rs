@@ -387,6 +387,22 @@ impl Stack {
         }
     }
 
+    /// Sends `method url` through the gateway as `token`.
+    pub async fn call(&self, method: reqwest::Method, url: &str, token: &str) -> reqwest::Response {
+        send(self.client.request(method, url).bearer_auth(token)).await
+    }
+
+    /// Creates a `text/plain` stream at `url` as `token`.
+    pub async fn create(&self, url: &str, token: &str) -> reqwest::Response {
+        send(
+            self.client
+                .put(url)
+                .bearer_auth(token)
+                .header("content-type", "text/plain"),
+        )
+        .await
+    }
+
     /// The gateway URL of the stream at `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{BASE_PATH}/{path}", self.gateway.base)
@@ -403,6 +419,11 @@ impl Stack {
         self.store.pool().close().await;
         self.db.drop_now().await;
     }
+}
+
+/// Sends a request; a transport failure fails the test.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("request failed")
 }
 
 /// The `WWW-Authenticate` header of a response, or "".
