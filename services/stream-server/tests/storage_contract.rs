@@ -291,3 +291,68 @@ async fn a_data_dir_of_another_mode_is_refused() {
         "file modes must refuse an acid directory"
     );
 }
+
+/// Reads answer the same whether they come from the file modes' in-memory
+/// cache of recent appends, from disk, or (after reopening) from disk only:
+/// every boundary is found and every read from it returns the right bytes.
+#[tokio::test]
+async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
+    for mode in MODES {
+        let dir = DataDir::new(mode, "recent");
+        let engine = open(mode, &dir.0);
+        let (log, commit) = engine
+            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
+            .expect("create");
+        wait(commit).await;
+        // 160 appends of 1.5 KiB: more than the file modes keep in memory.
+        let mut expected = String::new();
+        let mut boundaries = vec![Offset::ZERO];
+        for i in 0..160u32 {
+            let body = format!("{i:04}").repeat(384);
+            expected.push_str(&body);
+            let mutation = Mutation {
+                data: Some(messages(&[&body])),
+                ..Mutation::default()
+            };
+            wait(log.apply(mutation).expect("apply")).await;
+            boundaries.push(log.tail());
+        }
+        let check = |log: &dyn StreamLog, when: &str| {
+            let tail = log.tail();
+            for &b in &boundaries {
+                assert_eq!(
+                    log.boundary_at(b.bytes).expect("boundary"),
+                    Some(b),
+                    "{mode} {when}: boundary {b:?}"
+                );
+                let (data, next) = text(log, b, tail.bytes, 1 << 20);
+                assert_eq!(
+                    data,
+                    expected[b.bytes as usize..],
+                    "{mode} {when}: from {b:?}"
+                );
+                assert_eq!(next, tail, "{mode} {when}");
+            }
+            assert_eq!(
+                log.boundary_at(boundaries[1].bytes - 1).expect("boundary"),
+                None
+            );
+        };
+        check(&*log, "live");
+        if matches!(mode, StorageMode::FileFast | StorageMode::FileDurable) {
+            assert!(
+                !log.reads_block_from(log.tail().bytes),
+                "{mode}: tail reads from memory"
+            );
+            assert!(log.reads_block_from(0), "{mode}: old data comes from disk");
+        }
+        drop(log);
+        drop(engine);
+        if mode == StorageMode::Memory {
+            continue;
+        }
+        let engine = open(mode, &dir.0);
+        let recovered = engine.recover().expect("recover");
+        check(&*recovered[0].log, "reopened");
+    }
+}

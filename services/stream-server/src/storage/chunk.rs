@@ -7,7 +7,7 @@ use crate::protocol::offset::Offset;
 use bytes::Bytes;
 
 /// One append's messages.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Chunk {
     /// Messages in the stream up to the end of this chunk.
     pub messages_end: u64,

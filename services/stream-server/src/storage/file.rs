@@ -31,7 +31,7 @@ use crate::protocol::producer::ProducerState;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -161,6 +161,8 @@ impl FileEngine {
                 len: 0,
                 tail: base,
                 index: Vec::new(),
+                recent: VecDeque::new(),
+                recent_bytes: 0,
             }),
             written: Arc::new(AtomicU64::new(0)),
             syncer: self.syncer.clone(),
@@ -328,7 +330,17 @@ struct Writer {
     len: u64,
     tail: Offset,
     index: Vec<IndexEntry>,
+    /// The newest appends, contiguous up to `tail`, at most
+    /// [`RECENT_BYTES`] of data.
+    recent: VecDeque<Chunk>,
+    recent_bytes: usize,
 }
+
+/// Data of the newest appends kept in memory per stream, so readers at the
+/// tail (SSE and long-poll subscribers, above all) are answered without a
+/// disk read — with many subscribers, one `pread` each per append was the
+/// bottleneck of live delivery in the file modes.
+const RECENT_BYTES: usize = 64 * 1024;
 
 /// The first data record at or after some log position.
 #[derive(Debug, Clone, Copy)]
@@ -340,6 +352,38 @@ struct IndexEntry {
 }
 
 impl Writer {
+    /// Keeps `chunk` (just appended) in memory, dropping the oldest beyond
+    /// the budget; an append larger than the budget empties the cache.
+    fn remember(&mut self, chunk: Chunk) {
+        if chunk.data.len() > RECENT_BYTES {
+            self.recent.clear();
+            self.recent_bytes = 0;
+            return;
+        }
+        self.recent_bytes += chunk.data.len();
+        self.recent.push_back(chunk);
+        while self.recent_bytes > RECENT_BYTES {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.data.len();
+            }
+        }
+    }
+
+    /// Whether the in-memory appends reach back to stream byte `from`.
+    fn recent_covers(&self, from: u64) -> bool {
+        self.recent.front().is_some_and(|c| c.start() <= from)
+    }
+
+    /// The in-memory appends from the one holding stream byte `from` on,
+    /// when the cache reaches back that far.
+    fn recent_from(&self, from: u64) -> Option<Vec<Chunk>> {
+        if !self.recent_covers(from) {
+            return None;
+        }
+        let first = self.recent.partition_point(|c| c.end <= from);
+        Some(self.recent.range(first..).cloned().collect())
+    }
+
     fn note_data_record(&mut self, data_start: u64, file_pos: u64) {
         let due = self
             .index
@@ -502,10 +546,17 @@ impl StreamLog for FileLog {
         if bytes == self.base.bytes {
             return Ok(Some(self.base));
         }
-        chunk::boundary_in(self.chunks_from(bytes.saturating_sub(1)), bytes)
+        let before = bytes.saturating_sub(1);
+        if let Some(recent) = self.writer.lock().recent_from(before) {
+            return chunk::boundary_in(recent.into_iter().map(Ok), bytes);
+        }
+        chunk::boundary_in(self.chunks_from(before), bytes)
     }
 
     fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
+        if let Some(recent) = self.writer.lock().recent_from(from.bytes) {
+            return chunk::read_chunks(recent.into_iter().map(Ok), from, limit, max_bytes);
+        }
         chunk::read_chunks(self.chunks_from(from.bytes), from, limit, max_bytes)
     }
 
@@ -513,13 +564,24 @@ impl StreamLog for FileLog {
         true
     }
 
+    fn reads_block_from(&self, bytes: u64) -> bool {
+        // A read from `bytes` first checks the boundary ending there.
+        !self.writer.lock().recent_covers(bytes.saturating_sub(1))
+    }
+
     fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError> {
         let mut writer = self.writer.lock();
         let mut tail = writer.tail;
         let record = encode_mutation(&mutation, &mut tail);
-        if mutation.data.is_some() {
+        if let Some(messages) = &mutation.data {
             let (data_start, record_pos) = (writer.tail.bytes, writer.len);
             writer.note_data_record(data_start, record_pos);
+            writer.remember(Chunk {
+                messages_end: tail.messages,
+                end: tail.bytes,
+                ends: messages.ends.iter().map(|&e| e as u32).collect(),
+                data: Bytes::copy_from_slice(&messages.encoded),
+            });
         }
         writer.tail = tail;
         self.submit(&mut writer, record)

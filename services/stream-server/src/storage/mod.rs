@@ -199,6 +199,14 @@ pub trait StreamLog: Send + Sync + fmt::Debug {
     /// thread).
     fn reads_block(&self) -> bool;
 
+    /// Whether a read starting at stream byte `bytes` may block on disk
+    /// I/O; engines that keep recent data in memory can say no for reads
+    /// at the tail.
+    fn reads_block_from(&self, bytes: u64) -> bool {
+        let _ = bytes;
+        self.reads_block()
+    }
+
     /// Applies one request's changes (the caller validated them).
     fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError>;
 

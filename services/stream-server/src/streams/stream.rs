@@ -241,8 +241,25 @@ impl Stream {
         from: Offset,
         max_bytes: usize,
     ) -> Result<ReadResult, StreamError> {
+        if !self.read_blocks_from(from) {
+            return self.read(from, max_bytes);
+        }
         self.off_runtime(move |stream| stream.read(from, max_bytes))
             .await
+    }
+
+    /// Whether reading from `from` may wait on disk: reads at the tail of
+    /// a file-mode stream are served from memory.
+    fn read_blocks_from(&self, from: Offset) -> bool {
+        if !self.blocking_reads {
+            return false;
+        }
+        if let Some(fork) = &self.config.fork
+            && from.bytes < fork.point.bytes
+        {
+            return true;
+        }
+        self.state.lock().log.reads_block_from(from.bytes)
     }
 
     /// [`Stream::has_boundary`], on the blocking pool when it touches the disk.
