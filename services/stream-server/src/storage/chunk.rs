@@ -3,8 +3,10 @@
 //! cutting a read on a boundary within its budget and limit.
 
 use super::{LogSlice, StorageError};
+use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
 use bytes::Bytes;
+use std::collections::VecDeque;
 
 /// One append's messages.
 #[derive(Debug, Clone)]
@@ -19,6 +21,16 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// The chunk `messages` become when appended at `tail`.
+    pub fn appended(messages: &JsonMessages, tail: Offset) -> Chunk {
+        Chunk {
+            messages_end: tail.messages + messages.ends.len() as u64,
+            end: tail.bytes + messages.encoded.len() as u64,
+            ends: messages.ends.iter().map(|&e| e as u32).collect(),
+            data: Bytes::copy_from_slice(&messages.encoded),
+        }
+    }
+
     pub fn start(&self) -> u64 {
         self.end - self.data.len() as u64
     }
@@ -67,6 +79,57 @@ impl Chunk {
         let last = last?;
         let end = self.ends[last] as usize;
         Some((self.data.slice(relative_from..end), self.offset_after(last)))
+    }
+}
+
+/// The newest appends of one stream, kept in memory by the persistent
+/// engines so readers at the tail (SSE and long-poll subscribers, above all)
+/// are answered without reading storage: with many subscribers, one storage
+/// read each per append was the bottleneck of live delivery.
+///
+/// Holds whole chunks, contiguous up to the stream's written tail, at most
+/// [`RecentChunks::BUDGET`] bytes of data; entries may not be durable yet, so
+/// reads must stay within the visible limit, as every read does.
+#[derive(Debug, Default)]
+pub struct RecentChunks {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+}
+
+impl RecentChunks {
+    /// Data bytes kept per stream.
+    pub const BUDGET: usize = 64 * 1024;
+
+    /// Keeps `chunk` (just appended), dropping the oldest beyond the
+    /// budget; an append larger than the budget empties the cache.
+    pub fn remember(&mut self, chunk: Chunk) {
+        if chunk.data.len() > Self::BUDGET {
+            self.chunks.clear();
+            self.bytes = 0;
+            return;
+        }
+        self.bytes += chunk.data.len();
+        self.chunks.push_back(chunk);
+        while self.bytes > Self::BUDGET {
+            if let Some(old) = self.chunks.pop_front() {
+                self.bytes -= old.data.len();
+            }
+        }
+    }
+
+    /// Whether the kept appends reach back to stream byte `from`.
+    pub fn covers(&self, from: u64) -> bool {
+        self.chunks.front().is_some_and(|c| c.start() <= from)
+    }
+
+    /// The kept appends from the one holding stream byte `from` on, when
+    /// they reach back that far.
+    pub fn from(&self, from: u64) -> Option<Vec<Chunk>> {
+        if !self.covers(from) {
+            return None;
+        }
+        let first = self.chunks.partition_point(|c| c.end <= from);
+        Some(self.chunks.range(first..).cloned().collect())
     }
 }
 

@@ -21,7 +21,7 @@
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
 
-use super::chunk::{self, Chunk};
+use super::chunk::{self, Chunk, RecentChunks};
 use super::{
     ClosedBy, Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta,
 };
@@ -31,7 +31,7 @@ use crate::protocol::producer::ProducerState;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -161,8 +161,7 @@ impl FileEngine {
                 len: 0,
                 tail: base,
                 index: Vec::new(),
-                recent: VecDeque::new(),
-                recent_bytes: 0,
+                recent: RecentChunks::default(),
             }),
             written: Arc::new(AtomicU64::new(0)),
             syncer: self.syncer.clone(),
@@ -330,17 +329,9 @@ struct Writer {
     len: u64,
     tail: Offset,
     index: Vec<IndexEntry>,
-    /// The newest appends, contiguous up to `tail`, at most
-    /// [`RECENT_BYTES`] of data.
-    recent: VecDeque<Chunk>,
-    recent_bytes: usize,
+    /// The newest appends, so tail reads skip the disk.
+    recent: RecentChunks,
 }
-
-/// Data of the newest appends kept in memory per stream, so readers at the
-/// tail (SSE and long-poll subscribers, above all) are answered without a
-/// disk read — with many subscribers, one `pread` each per append was the
-/// bottleneck of live delivery in the file modes.
-const RECENT_BYTES: usize = 64 * 1024;
 
 /// The first data record at or after some log position.
 #[derive(Debug, Clone, Copy)]
@@ -352,38 +343,6 @@ struct IndexEntry {
 }
 
 impl Writer {
-    /// Keeps `chunk` (just appended) in memory, dropping the oldest beyond
-    /// the budget; an append larger than the budget empties the cache.
-    fn remember(&mut self, chunk: Chunk) {
-        if chunk.data.len() > RECENT_BYTES {
-            self.recent.clear();
-            self.recent_bytes = 0;
-            return;
-        }
-        self.recent_bytes += chunk.data.len();
-        self.recent.push_back(chunk);
-        while self.recent_bytes > RECENT_BYTES {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_bytes -= old.data.len();
-            }
-        }
-    }
-
-    /// Whether the in-memory appends reach back to stream byte `from`.
-    fn recent_covers(&self, from: u64) -> bool {
-        self.recent.front().is_some_and(|c| c.start() <= from)
-    }
-
-    /// The in-memory appends from the one holding stream byte `from` on,
-    /// when the cache reaches back that far.
-    fn recent_from(&self, from: u64) -> Option<Vec<Chunk>> {
-        if !self.recent_covers(from) {
-            return None;
-        }
-        let first = self.recent.partition_point(|c| c.end <= from);
-        Some(self.recent.range(first..).cloned().collect())
-    }
-
     fn note_data_record(&mut self, data_start: u64, file_pos: u64) {
         let due = self
             .index
@@ -547,14 +506,14 @@ impl StreamLog for FileLog {
             return Ok(Some(self.base));
         }
         let before = bytes.saturating_sub(1);
-        if let Some(recent) = self.writer.lock().recent_from(before) {
+        if let Some(recent) = self.writer.lock().recent.from(before) {
             return chunk::boundary_in(recent.into_iter().map(Ok), bytes);
         }
         chunk::boundary_in(self.chunks_from(before), bytes)
     }
 
     fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
-        if let Some(recent) = self.writer.lock().recent_from(from.bytes) {
+        if let Some(recent) = self.writer.lock().recent.from(from.bytes) {
             return chunk::read_chunks(recent.into_iter().map(Ok), from, limit, max_bytes);
         }
         chunk::read_chunks(self.chunks_from(from.bytes), from, limit, max_bytes)
@@ -566,7 +525,7 @@ impl StreamLog for FileLog {
 
     fn reads_block_from(&self, bytes: u64) -> bool {
         // A read from `bytes` first checks the boundary ending there.
-        !self.writer.lock().recent_covers(bytes.saturating_sub(1))
+        !self.writer.lock().recent.covers(bytes.saturating_sub(1))
     }
 
     fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError> {
@@ -576,12 +535,8 @@ impl StreamLog for FileLog {
         if let Some(messages) = &mutation.data {
             let (data_start, record_pos) = (writer.tail.bytes, writer.len);
             writer.note_data_record(data_start, record_pos);
-            writer.remember(Chunk {
-                messages_end: tail.messages,
-                end: tail.bytes,
-                ends: messages.ends.iter().map(|&e| e as u32).collect(),
-                data: Bytes::copy_from_slice(&messages.encoded),
-            });
+            let appended = Chunk::appended(messages, writer.tail);
+            writer.recent.remember(appended);
         }
         writer.tail = tail;
         self.submit(&mut writer, record)

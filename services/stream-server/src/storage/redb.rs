@@ -17,7 +17,7 @@
 //! * `producers`: (stream id, producer id) → (epoch, last seq)
 //! * `meta`: `format` → the on-disk format version
 
-use super::chunk::{self, Chunk};
+use super::chunk::{self, Chunk, RecentChunks};
 use super::{
     ClosedBy, Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta,
 };
@@ -138,6 +138,7 @@ impl RedbEngine {
             path: path.to_owned(),
             base,
             tail: Mutex::new(tail),
+            recent: Mutex::new(RecentChunks::default()),
             db: Arc::clone(&self.db),
             writer: self.writer.clone(),
         })
@@ -240,6 +241,8 @@ pub struct RedbLog {
     base: Offset,
     /// Written tail: everything submitted, committed or not.
     tail: Mutex<Offset>,
+    /// The newest appends, so tail reads skip the database.
+    recent: Mutex<RecentChunks>,
     db: Arc<Database>,
     writer: mpsc::Sender<Job>,
 }
@@ -248,6 +251,10 @@ impl RedbLog {
     /// Encodes `messages` as the next chunk and advances the written tail.
     fn next_chunk(&self, messages: &JsonMessages) -> (u64, Vec<u8>) {
         let mut tail = self.tail.lock();
+        // Under the tail lock, so the cache follows the log's order.
+        self.recent
+            .lock()
+            .remember(Chunk::appended(messages, *tail));
         let end = tail.bytes + messages.encoded.len() as u64;
         let header = ChunkHeader {
             messages_end: tail.messages + messages.ends.len() as u64,
@@ -282,6 +289,9 @@ impl StreamLog for RedbLog {
         if bytes == self.base.bytes {
             return Ok(Some(self.base));
         }
+        if let Some(recent) = self.recent.lock().from(bytes.saturating_sub(1)) {
+            return chunk::boundary_in(recent.into_iter().map(Ok), bytes);
+        }
         self.read_table(|chunks| {
             let rows = chunks
                 .range((self.id, bytes)..=(self.id, u64::MAX))
@@ -291,6 +301,9 @@ impl StreamLog for RedbLog {
     }
 
     fn read(&self, from: Offset, limit: u64, max_bytes: usize) -> Result<LogSlice, StorageError> {
+        if let Some(recent) = self.recent.lock().from(from.bytes) {
+            return chunk::read_chunks(recent.into_iter().map(Ok), from, limit, max_bytes);
+        }
         self.read_table(|chunks| {
             let rows = chunks
                 .range((self.id, from.bytes + 1)..=(self.id, u64::MAX))
@@ -301,6 +314,11 @@ impl StreamLog for RedbLog {
 
     fn reads_block(&self) -> bool {
         true
+    }
+
+    fn reads_block_from(&self, bytes: u64) -> bool {
+        // A read from `bytes` first checks the boundary ending there.
+        !self.recent.lock().covers(bytes.saturating_sub(1))
     }
 
     fn apply(&self, mutation: Mutation) -> Result<Commit, StorageError> {
