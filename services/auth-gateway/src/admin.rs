@@ -74,100 +74,94 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-async fn list(State(gateway): State<SharedGateway>, request: Request) -> Response {
-    let result = async {
-        require_admin(&gateway, request).await?;
-        let rows = gateway
-            .authenticator
-            .store()
-            .list()
-            .await
-            .map_err(store_error)?;
-        let tokens: Vec<TokenInfo> = rows.into_iter().map(TokenInfo::from).collect();
-        Ok::<_, GatewayError>(no_store(Json(tokens).into_response()))
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+async fn list(
+    State(gateway): State<SharedGateway>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    require_admin(&gateway, request).await?;
+    let rows = gateway
+        .authenticator
+        .store()
+        .list()
+        .await
+        .map_err(store_error)?;
+    let tokens: Vec<TokenInfo> = rows.into_iter().map(TokenInfo::from).collect();
+    Ok(no_store(Json(tokens).into_response()))
 }
 
 async fn show(
     State(gateway): State<SharedGateway>,
     Path(id): Path<String>,
     request: Request,
-) -> Response {
-    let result = async {
-        require_admin(&gateway, request).await?;
-        let row = gateway
-            .authenticator
-            .store()
-            .find(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| GatewayError::NotFound(format!("no token {id:?}")))?;
-        Ok::<_, GatewayError>(no_store(Json(TokenInfo::from(row)).into_response()))
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, GatewayError> {
+    require_admin(&gateway, request).await?;
+    let row = gateway
+        .authenticator
+        .store()
+        .find(&id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| GatewayError::NotFound(format!("no token {id:?}")))?;
+    Ok(no_store(Json(TokenInfo::from(row)).into_response()))
 }
 
 async fn revoke(
     State(gateway): State<SharedGateway>,
     Path(id): Path<String>,
     request: Request,
-) -> Response {
-    let result = async {
-        require_admin(&gateway, request).await?;
-        let revoked = gateway
-            .authenticator
-            .store()
-            .revoke(&id)
-            .await
-            .map_err(store_error)?;
-        if !revoked {
-            return Err(GatewayError::NotFound(format!(
-                "no active token {id:?} to revoke"
-            )));
-        }
-        tracing::info!(token_id = %id, "token revoked through the admin API");
-        Ok(StatusCode::NO_CONTENT.into_response())
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, GatewayError> {
+    require_admin(&gateway, request).await?;
+    let revoked = gateway
+        .authenticator
+        .store()
+        .revoke(&id)
+        .await
+        .map_err(store_error)?;
+    if !revoked {
+        return Err(GatewayError::NotFound(format!(
+            "no active token {id:?} to revoke"
+        )));
+    }
+    tracing::info!(token_id = %id, "token revoked through the admin API");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn create(State(gateway): State<SharedGateway>, request: Request) -> Response {
-    let result = async {
-        let request = require_admin(&gateway, request).await?;
-        let body = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| GatewayError::BadRequest(format!("cannot read the body: {e}")))?
-            .to_bytes();
-        let input: CreateToken = serde_json::from_slice(&body)
-            .map_err(|e| GatewayError::BadRequest(format!("invalid token request: {e}")))?;
-        let token_request = parse(input)?;
-        let config = &gateway.config;
-        let issuer = Issuer {
-            store: gateway.authenticator.store(),
-            keys: gateway.authenticator.keys(),
-            issuer: &config.jwt.issuer,
-            audience: &config.jwt.audience,
-        };
-        let issued = issuer.issue(token_request).await.map_err(|e| match e {
-            IssueError::Invalid(reason) => GatewayError::BadRequest(reason),
-            IssueError::Store(e) => store_error(e),
-            IssueError::Signing(e) => {
-                tracing::error!("admin API: {e}");
-                GatewayError::Internal
-            }
-        })?;
-        tracing::info!(
-            token_id = %issued.info.id,
-            subject = %issued.info.subject,
-            "token issued through the admin API"
-        );
-        Ok::<_, GatewayError>(no_store(
-            (StatusCode::CREATED, Json(issued)).into_response(),
-        ))
+async fn create(
+    State(gateway): State<SharedGateway>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let request = require_admin(&gateway, request).await?;
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| GatewayError::BadRequest(format!("cannot read the body: {e}")))?
+        .to_bytes();
+    let input: CreateToken = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid token request: {e}")))?;
+    let token_request = parse(input)?;
+    let config = &gateway.config;
+    let issuer = Issuer {
+        store: gateway.authenticator.store(),
+        keys: gateway.authenticator.keys(),
+        issuer: &config.jwt.issuer,
+        audience: &config.jwt.audience,
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let issued = issuer.issue(token_request).await.map_err(|e| match e {
+        IssueError::Invalid(reason) => GatewayError::BadRequest(reason),
+        IssueError::Store(e) => store_error(e),
+        IssueError::Signing(e) => {
+            tracing::error!("admin API: {e}");
+            GatewayError::Internal
+        }
+    })?;
+    tracing::info!(
+        token_id = %issued.info.id,
+        subject = %issued.info.subject,
+        "token issued through the admin API"
+    );
+    Ok(no_store(
+        (StatusCode::CREATED, Json(issued)).into_response(),
+    ))
 }
 
 fn parse(input: CreateToken) -> Result<TokenRequest, GatewayError> {

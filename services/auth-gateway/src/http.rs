@@ -33,43 +33,6 @@ pub struct Gateway {
 
 pub type SharedGateway = Arc<Gateway>;
 
-/// Protocol headers browsers may send (CORS preflight).
-const ALLOWED_HEADERS: [&str; 13] = [
-    "authorization",
-    "content-type",
-    "if-none-match",
-    "stream-seq",
-    "stream-ttl",
-    "stream-expires-at",
-    "stream-closed",
-    "stream-forked-from",
-    "stream-fork-offset",
-    "stream-fork-sub-offset",
-    "producer-id",
-    "producer-epoch",
-    "producer-seq",
-];
-
-/// Protocol headers browsers may read.
-const EXPOSED_HEADERS: [&str; 16] = [
-    "stream-next-offset",
-    "stream-up-to-date",
-    "stream-cursor",
-    "stream-closed",
-    "stream-ttl",
-    "stream-expires-at",
-    "stream-sse-data-encoding",
-    "producer-epoch",
-    "producer-seq",
-    "producer-expected-seq",
-    "producer-received-seq",
-    "etag",
-    "location",
-    "content-type",
-    "retry-after",
-    "www-authenticate",
-];
-
 /// The complete application.
 pub fn app(gateway: SharedGateway) -> Router {
     let base = gateway.config.http.stream_base_path.clone();
@@ -95,11 +58,12 @@ pub fn app(gateway: SharedGateway) -> Router {
 }
 
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {
-    service_common::cors::layer(
-        origins,
-        ALLOWED_HEADERS.map(HeaderName::from_static),
-        EXPOSED_HEADERS.map(HeaderName::from_static),
-    )
+    use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
+    // Refusals must be readable too: their challenge and retry time.
+    let exposed = PROTOCOL_RESPONSE_HEADERS
+        .into_iter()
+        .chain([header::WWW_AUTHENTICATE, header::RETRY_AFTER]);
+    service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, exposed)
 }
 
 /// Ready when Postgres and stream-server both answer.
@@ -145,22 +109,16 @@ pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, Ga
     })
 }
 
-/// Any request to a stream URL.
-async fn stream(State(gateway): State<SharedGateway>, request: Request) -> Response {
-    authorize_and_forward(&gateway, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn authorize_and_forward(
-    gateway: &Gateway,
+/// Any request to a stream URL: authenticated, authorised, then proxied.
+async fn stream(
+    State(gateway): State<SharedGateway>,
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let Caller {
         grant,
         forward_query,
-    } = authenticate(gateway, &parts).await?;
+    } = authenticate(&gateway, &parts).await?;
     let scope =
         Scope::for_stream_method(parts.method.as_str()).ok_or(GatewayError::MethodNotAllowed)?;
     let base = gateway.config.http.stream_base_path.as_str();

@@ -15,7 +15,6 @@ mod sse;
 mod write;
 
 use crate::config::Config;
-use crate::protocol::headers;
 use crate::protocol::path::PathLimits;
 use crate::shutdown::ShutdownToken;
 use crate::streams::Streams;
@@ -124,5 +123,6 @@ async fn dispatch(
 /// CORS: preflights are answered for any stream URL, every protocol header
 /// may be sent, and every protocol header is readable by scripts.
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {
-    service_common::cors::layer(origins, headers::ALLOWED, headers::EXPOSED)
+    use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
+    service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS)
 }

@@ -25,41 +25,6 @@ pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
 pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
 pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
 
-/// Every protocol header a browser client may need to read (CORS exposure).
-pub const EXPOSED: [HeaderName; 14] = [
-    STREAM_NEXT_OFFSET,
-    STREAM_UP_TO_DATE,
-    STREAM_CURSOR,
-    STREAM_CLOSED,
-    STREAM_TTL,
-    STREAM_EXPIRES_AT,
-    STREAM_SSE_DATA_ENCODING,
-    PRODUCER_EPOCH,
-    PRODUCER_SEQ,
-    PRODUCER_EXPECTED_SEQ,
-    PRODUCER_RECEIVED_SEQ,
-    http::header::ETAG,
-    http::header::LOCATION,
-    http::header::CONTENT_TYPE,
-];
-
-/// Every protocol header a browser client may send (CORS preflight).
-pub const ALLOWED: [HeaderName; 13] = [
-    http::header::CONTENT_TYPE,
-    http::header::IF_NONE_MATCH,
-    http::header::AUTHORIZATION,
-    STREAM_SEQ,
-    STREAM_TTL,
-    STREAM_EXPIRES_AT,
-    STREAM_CLOSED,
-    STREAM_FORKED_FROM,
-    STREAM_FORK_OFFSET,
-    STREAM_FORK_SUB_OFFSET,
-    PRODUCER_ID,
-    PRODUCER_EPOCH,
-    PRODUCER_SEQ,
-];
-
 /// Largest integer a JavaScript client can represent exactly (2^53 - 1).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
