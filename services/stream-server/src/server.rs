@@ -2,7 +2,7 @@
 //! or TLS), and graceful shutdown.
 
 use crate::config::Config;
-use crate::http::{AppState, Settings, app};
+use crate::http::{AppState, Settings, Shared, app};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
@@ -81,11 +81,11 @@ pub async fn serve(
         ),
     }
     let token = ShutdownToken::new();
-    let state = AppState {
+    let state = AppState::new(Shared {
         streams: Arc::clone(&streams),
-        settings: Arc::new(Settings::from_config(&config)),
+        settings: Settings::from_config(&config),
         shutdown: token.clone(),
-    };
+    });
     let router = app(state, config.cors_origins());
     tokio::spawn(sweep_expired(streams, token.clone()));
 

@@ -357,3 +357,63 @@ async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
         check(&*recovered[0].log, "reopened");
     }
 }
+
+/// Large records (written with the runtime told the thread blocks) and
+/// small ones, from concurrent tasks on a multi-threaded runtime, land whole
+/// and in order, and come back the same after reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_appends_from_many_tasks_survive_reopening() {
+    const STREAMS: usize = 4;
+    const APPENDS: usize = 12;
+    // Every third append is 1 MiB, above the size written inline.
+    fn body(stream: usize, append: usize) -> String {
+        let len = if append % 3 == 0 { 1 << 20 } else { 100 };
+        let fill = char::from(b'a' + ((stream * APPENDS + append) % 26) as u8);
+        std::iter::repeat_n(fill, len).collect()
+    }
+    for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
+        let dir = DataDir::new(mode, "large");
+        let expected: Vec<String> = (0..STREAMS)
+            .map(|s| (0..APPENDS).map(|a| body(s, a)).collect())
+            .collect();
+        {
+            let engine = open(mode, &dir.0);
+            let mut tasks = Vec::new();
+            for stream in 0..STREAMS {
+                let engine = Arc::clone(&engine);
+                tasks.push(tokio::spawn(async move {
+                    let (log, commit) = engine
+                        .create(&format!("s{stream}"), &meta(), Offset::ZERO, vec![], false)
+                        .expect("create");
+                    commit.wait().await.expect("create commit");
+                    for append in 0..APPENDS {
+                        let mutation = Mutation {
+                            data: Some(messages(&[&body(stream, append)])),
+                            ..Mutation::default()
+                        };
+                        log.apply(mutation)
+                            .expect("apply")
+                            .wait()
+                            .await
+                            .expect("commit");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("append task");
+            }
+            engine.flush().expect("flush");
+        }
+        let engine = open(mode, &dir.0);
+        let mut recovered = engine.recover().expect("recover");
+        recovered.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(recovered.len(), STREAMS, "{mode}");
+        for (stream, r) in recovered.iter().enumerate() {
+            let tail = r.log.tail();
+            assert_eq!(tail.messages, APPENDS as u64, "{mode} s{stream}");
+            let (data, next) = text(&*r.log, Offset::ZERO, tail.bytes, usize::MAX);
+            assert_eq!(next, tail, "{mode} s{stream}");
+            assert!(data == expected[stream], "{mode} s{stream}: data differs");
+        }
+    }
+}

@@ -5,6 +5,11 @@ use clap::Parser;
 use ds_load::cli::{Cli, execute};
 use std::process::ExitCode;
 
+/// The load generator shares the machine with the server it measures: the
+/// cheaper its own allocations, the more of the CPU the server gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -63,13 +63,33 @@ impl Settings {
     }
 }
 
-/// Shared by every handler.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Shared {
     pub streams: Arc<Streams>,
-    pub settings: Arc<Settings>,
+    pub settings: Settings,
     /// Cancelled on shutdown so live reads end promptly.
     pub shutdown: ShutdownToken,
+}
+
+/// The router's state: a handle to [`Shared`]. axum clones the state for
+/// every request, so it is one reference count rather than several (a
+/// cancellation token's clone takes a lock).
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The complete application: stream routes, health checks, CORS and the
@@ -98,7 +118,9 @@ pub fn app(state: AppState, cors_origins: Option<Vec<String>>) -> Router {
                     .extensions()
                     .get::<MatchedPath>()
                     .map_or("unmatched", MatchedPath::as_str);
-                tracing::info_span!("request", method = %request.method(), route)
+                // Debug level: a span per request is measurable at tens of
+                // thousands of requests per second, so it is opt-in.
+                tracing::debug_span!("request", method = %request.method(), route)
             }),
         )
 }

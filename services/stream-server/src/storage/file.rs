@@ -12,12 +12,15 @@
 //!   corrupt record is dropped whole at startup and the log truncated there.
 //! * `trash/` — deleted streams, renamed here (atomic) and then removed.
 //!
-//! Records are written by the engine's I/O thread, never on the async
-//! runtime. Every append is written to the OS before it is acknowledged, so
-//! it survives a crash of the process. `file-durable` also waits for the
-//! sync before acknowledging; all appends queued together share one sync
-//! pass (group commit). `file-fast` syncs every `sync_interval` in the
-//! background.
+//! A record is written by the request that makes it, under the stream's
+//! writer lock, so records land in order and an append costs one `pwrite`
+//! into the page cache (a few microseconds; large records first tell the
+//! runtime the thread will block). Every append is thus written to the OS
+//! before it is acknowledged and survives a crash of the process.
+//! Syncing runs on the engine's I/O thread, never on the async runtime:
+//! `file-durable` waits for it before acknowledging, and all appends
+//! waiting together share one sync pass (group commit); `file-fast` syncs
+//! the logs written since the last pass every `sync_interval`.
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
 
@@ -37,7 +40,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -52,6 +55,9 @@ const INDEX_EVERY: u64 = 64 * 1024;
 const READ_BLOCK: usize = 256 * 1024;
 /// Record header: body length and its CRC-32.
 const HEADER: usize = 8;
+/// Larger records are written under `block_in_place`, so the runtime moves
+/// the thread's other tasks elsewhere while the copy runs.
+const INLINE_WRITE_MAX: usize = 256 * 1024;
 
 const KIND_MUTATION: u8 = 1;
 const KIND_SOFT_DELETE: u8 = 2;
@@ -162,8 +168,10 @@ impl FileEngine {
                 tail: base,
                 index: Vec::new(),
                 recent: RecentChunks::default(),
+                broken: false,
             }),
-            written: Arc::new(AtomicU64::new(0)),
+            written: AtomicU64::new(0),
+            unsynced: Arc::new(AtomicBool::new(false)),
             syncer: self.syncer.clone(),
         })
     }
@@ -275,7 +283,7 @@ impl Engine for FileEngine {
             // One filesystem sync covers the new files and the rename.
             self.syncer.sync_filesystem(Arc::clone(&log.file))?
         } else {
-            self.syncer.touched(id, Arc::clone(&log.file))?;
+            log.mark_unsynced()?;
             Commit::done()
         };
         Ok((Arc::new(log), commit))
@@ -318,19 +326,26 @@ pub struct FileLog {
     file: Arc<File>,
     writer: Mutex<Writer>,
     /// Bytes of the log actually written; reads never go past it.
-    written: Arc<AtomicU64>,
+    written: AtomicU64,
+    /// file-fast: written since the I/O thread's last sync pass, which
+    /// already knows of this log.
+    unsynced: Arc<AtomicBool>,
     syncer: Syncer,
 }
 
 /// Where the log ends, and the sparse index of its data records.
 #[derive(Debug)]
 struct Writer {
-    /// Bytes in the log file once every submitted record is written.
+    /// Bytes of complete records in the log file.
     len: u64,
     tail: Offset,
     index: Vec<IndexEntry>,
     /// The newest appends, so tail reads skip the disk.
     recent: RecentChunks,
+    /// A failed write could not be undone: later records would follow
+    /// garbage, so the log takes no more until restart (whose replay drops
+    /// the damaged tail).
+    broken: bool,
 }
 
 /// The first data record at or after some log position.
@@ -440,19 +455,45 @@ impl FileLog {
         Ok(replayed)
     }
 
-    /// Reserves the log's next bytes for `record` and hands it to the
-    /// writer thread, which writes it (and, in file-durable, syncs it)
-    /// before the returned commit resolves. Reservation order is log order.
-    fn submit(&self, writer: &mut Writer, record: Vec<u8>) -> Result<Commit, StorageError> {
+    /// Writes `record` at the end of the log; the returned commit resolves
+    /// once it is as durable as the mode promises. The caller holds the
+    /// writer lock, which keeps records in order and the log free of holes.
+    /// On error nothing was added to the log.
+    fn write(&self, writer: &mut Writer, record: &[u8]) -> Result<Commit, StorageError> {
+        if writer.broken {
+            return Err(StorageError::Io(
+                "an earlier write to this log failed and could not be undone".into(),
+            ));
+        }
         let pos = writer.len;
+        let written = blocking_if_large(record.len(), || self.file.write_all_at(record, pos));
+        if let Err(e) = written {
+            // Never leave half a record behind.
+            if let Err(undo) = self.file.set_len(pos) {
+                tracing::error!(stream = %self.path, error = %undo, "cannot cut a failed write from the log");
+                writer.broken = true;
+            }
+            return Err(io(e));
+        }
         writer.len += record.len() as u64;
-        self.syncer.write(WriteJob {
-            id: self.id,
-            file: Arc::clone(&self.file),
-            written: Arc::clone(&self.written),
-            pos,
-            record,
-        })
+        self.written.store(writer.len, Ordering::Release);
+        match self.syncer.sync {
+            Sync::EveryAppend => self.syncer.sync_log(Arc::clone(&self.file)),
+            Sync::Interval(_) => {
+                self.mark_unsynced()?;
+                Ok(Commit::done())
+            }
+        }
+    }
+
+    /// Makes sure the next interval sync pass covers this log; only the
+    /// first write after a pass tells the I/O thread.
+    fn mark_unsynced(&self) -> Result<(), StorageError> {
+        if self.unsynced.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.syncer
+            .unsynced(self.id, Arc::clone(&self.file), Arc::clone(&self.unsynced))
     }
 
     /// The data records from the last one indexed at or before stream
@@ -532,19 +573,20 @@ impl StreamLog for FileLog {
         let mut writer = self.writer.lock();
         let mut tail = writer.tail;
         let record = encode_mutation(&mutation, &mut tail);
+        let (data_start, record_pos) = (writer.tail.bytes, writer.len);
+        let commit = self.write(&mut writer, &record)?;
         if let Some(messages) = &mutation.data {
-            let (data_start, record_pos) = (writer.tail.bytes, writer.len);
             writer.note_data_record(data_start, record_pos);
             let appended = Chunk::appended(messages, writer.tail);
             writer.recent.remember(appended);
         }
         writer.tail = tail;
-        self.submit(&mut writer, record)
+        Ok(commit)
     }
 
     fn soft_delete(&self) -> Result<Commit, StorageError> {
         let mut writer = self.writer.lock();
-        self.submit(&mut writer, frame(&[KIND_SOFT_DELETE]))
+        self.write(&mut writer, &frame(&[KIND_SOFT_DELETE]))
     }
 
     fn remove(&self) -> Result<Commit, StorageError> {
@@ -776,22 +818,14 @@ impl<'a> Records<'a> {
     }
 }
 
-/// The engine's I/O thread: writes log records, removes deleted streams,
-/// and gets logs to disk, so storage I/O never runs on the async runtime.
-/// It takes every request already queued as one group: one sync pass covers
-/// all of the group's writes (group commit).
+/// The engine's I/O thread: syncs logs and removes deleted streams, so
+/// neither runs on the async runtime. It takes every request already queued
+/// as one group: one sync pass covers all of the group's logs (group
+/// commit).
 #[derive(Debug, Clone)]
 struct Syncer {
+    sync: Sync,
     requests: mpsc::Sender<IoRequest>,
-}
-
-/// A record to write at its reserved log position.
-struct WriteJob {
-    id: u64,
-    file: Arc<File>,
-    written: Arc<AtomicU64>,
-    pos: u64,
-    record: Vec<u8>,
 }
 
 /// A stream directory to delete.
@@ -804,15 +838,17 @@ struct RemoveJob {
 type Reply = oneshot::Sender<Result<(), StorageError>>;
 
 enum IoRequest {
-    Write(WriteJob, Reply),
+    /// Sync this log, then reply (file-durable).
+    Sync(Arc<File>, Reply),
     Remove(RemoveJob, Reply),
     /// Sync this file's whole filesystem, directory entries included.
     Filesystem(Arc<File>, Reply),
-    /// Sync every log written since the last sync (file-fast's interval,
+    /// Sync every log written since the last pass (file-fast's interval,
     /// or a flush), then reply if asked.
     Dirty(Option<std::sync::mpsc::Sender<Result<(), StorageError>>>),
-    /// A log written outside the thread (a creation) awaits the next sync.
-    Touched(u64, Arc<File>),
+    /// A log written since the last pass, with its flag saying so, which
+    /// the pass clears before syncing it.
+    Unsynced(u64, Arc<File>, Arc<AtomicBool>),
 }
 
 impl Syncer {
@@ -833,7 +869,7 @@ impl Syncer {
                 })
                 .map_err(io)?;
         }
-        Ok(Syncer { requests })
+        Ok(Syncer { sync, requests })
     }
 
     fn send(&self, request: impl FnOnce(Reply) -> IoRequest) -> Result<Commit, StorageError> {
@@ -844,8 +880,8 @@ impl Syncer {
         Ok(Commit::pending(receiver))
     }
 
-    fn write(&self, job: WriteJob) -> Result<Commit, StorageError> {
-        self.send(|reply| IoRequest::Write(job, reply))
+    fn sync_log(&self, file: Arc<File>) -> Result<Commit, StorageError> {
+        self.send(|reply| IoRequest::Sync(file, reply))
     }
 
     fn remove(&self, job: RemoveJob) -> Result<Commit, StorageError> {
@@ -856,9 +892,14 @@ impl Syncer {
         self.send(|reply| IoRequest::Filesystem(file, reply))
     }
 
-    fn touched(&self, id: u64, file: Arc<File>) -> Result<(), StorageError> {
+    fn unsynced(
+        &self,
+        id: u64,
+        file: Arc<File>,
+        flag: Arc<AtomicBool>,
+    ) -> Result<(), StorageError> {
         self.requests
-            .send(IoRequest::Touched(id, file))
+            .send(IoRequest::Unsynced(id, file, flag))
             .map_err(|_| StorageError::Stopped)
     }
 
@@ -873,48 +914,40 @@ impl Syncer {
 }
 
 fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
-    // Logs written since their last sync, by stream id.
-    let mut dirty: HashMap<u64, Arc<File>> = HashMap::new();
-    // Logs whose write failed: later records would follow a hole, so they
-    // are refused until restart (the registry takes the stream offline).
-    let mut poisoned: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    // file-fast: logs written since the last pass, by stream id.
+    let mut unsynced: HashMap<u64, (Arc<File>, Arc<AtomicBool>)> = HashMap::new();
     while let Ok(first) = incoming.recv() {
-        // Replies that wait for this group's sync, with their own outcome.
-        let mut after_sync: Vec<(Reply, Result<(), StorageError>)> = Vec::new();
+        // Replies that wait for this group's sync.
+        let mut after_sync: Vec<Reply> = Vec::new();
         let mut flushes = Vec::new();
         let mut sync_now: Vec<Arc<File>> = Vec::new();
         let mut whole_filesystem = None;
         for request in std::iter::once(first).chain(incoming.try_iter()) {
             match request {
-                IoRequest::Write(job, reply) => {
-                    let outcome = write_record(&job, &mut poisoned);
-                    if outcome.is_ok() {
-                        match sync {
-                            Sync::EveryAppend => {
-                                if !sync_now.iter().any(|f| Arc::ptr_eq(f, &job.file)) {
-                                    sync_now.push(Arc::clone(&job.file));
-                                }
-                            }
-                            Sync::Interval(_) => {
-                                dirty.insert(job.id, Arc::clone(&job.file));
-                            }
-                        }
+                IoRequest::Sync(file, reply) => {
+                    if !sync_now.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                        sync_now.push(file);
                     }
-                    after_sync.push((reply, outcome));
+                    after_sync.push(reply);
                 }
                 IoRequest::Remove(job, reply) => {
-                    dirty.remove(&job.id);
+                    unsynced.remove(&job.id);
                     let _ = reply.send(remove_stream(&job, sync));
                 }
                 IoRequest::Filesystem(file, reply) => {
                     whole_filesystem = Some(file);
-                    after_sync.push((reply, Ok(())));
+                    after_sync.push(reply);
                 }
-                IoRequest::Touched(id, file) => {
-                    dirty.insert(id, file);
+                IoRequest::Unsynced(id, file, flag) => {
+                    unsynced.insert(id, (file, flag));
                 }
                 IoRequest::Dirty(reply) => {
-                    sync_now.extend(dirty.drain().map(|(_, f)| f));
+                    for (file, flag) in unsynced.drain().map(|(_, entry)| entry) {
+                        // Cleared first: a write after this point flags the
+                        // log again for the next pass.
+                        flag.store(false, Ordering::SeqCst);
+                        sync_now.push(file);
+                    }
                     flushes.extend(reply);
                 }
             }
@@ -926,8 +959,8 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
         if let Err(e) = &synced {
             tracing::error!(error = %e, files = sync_now.len(), "log sync failed");
         }
-        for (reply, outcome) in after_sync {
-            let _ = reply.send(outcome.and_then(|()| synced.clone()));
+        for reply in after_sync {
+            let _ = reply.send(synced.clone());
         }
         for reply in flushes {
             let _ = reply.send(synced.clone());
@@ -935,28 +968,16 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
     }
 }
 
-/// Writes one record at its reserved position.
-fn write_record(
-    job: &WriteJob,
-    poisoned: &mut std::collections::HashSet<u64>,
-) -> Result<(), StorageError> {
-    if poisoned.contains(&job.id) {
-        return Err(StorageError::Io(
-            "an earlier write to this log failed".into(),
-        ));
-    }
-    match job.file.write_all_at(&job.record, job.pos) {
-        Ok(()) => {
-            job.written
-                .fetch_max(job.pos + job.record.len() as u64, Ordering::Release);
-            Ok(())
-        }
-        Err(e) => {
-            // Never leave half a record behind.
-            let _ = job.file.set_len(job.pos);
-            poisoned.insert(job.id);
-            Err(io(e))
-        }
+/// Runs a blocking write on the calling thread; one of more than
+/// [`INLINE_WRITE_MAX`] bytes first hands the thread's other tasks to the
+/// runtime (possible only on a multi-threaded runtime).
+fn blocking_if_large<T>(len: usize, write: impl FnOnce() -> T) -> T {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len > INLINE_WRITE_MAX && multi_threaded {
+        tokio::task::block_in_place(write)
+    } else {
+        write()
     }
 }
 
