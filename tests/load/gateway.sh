@@ -73,14 +73,20 @@ start gateway "$work/auth-gateway.log" env GW_SERVER__PORT=0 GW_UPSTREAM__URL="$
 say "stream-server at $server, auth-gateway at $gateway"
 
 results="$RESULTS_DIR/results.jsonl"
+cpu="$RESULTS_DIR/cpu.txt"
+: >"$cpu"
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
   local case="$1" label="$2" url="$3"
   shift 3
   local auth=()
   [ "$label" = "gateway" ] && auth=(--token "$token")
   say "$case via $label"
+  local before=("$(cpu_ticks "${pids[0]}")" "$(cpu_ticks "${pids[1]}")")
   "$bin/ds-load" "$@" --url "$url/v1/stream" "${auth[@]}" --duration "$DURATION" \
     --label "$case/$label" --json "$results" --quiet --strict >/dev/null
+  echo "$case/$label $(($(cpu_ticks "${pids[0]}") - before[0])) $(($(cpu_ticks "${pids[1]}") - before[1]))" >>"$cpu"
   [ "$case" = warmup ] && sed -i '$d' "$results"
   return 0
 }
@@ -93,9 +99,13 @@ for label in direct gateway; do
   run read "$label" "$url" read --connections 8 --stream-size 1MiB
 done
 
-python3 - "$results" "$RESULTS_DIR/results.md" "$DURATION" <<'EOF'
+python3 - "$results" "$RESULTS_DIR/results.md" "$DURATION" "$cpu" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
-rows = {r["label"]: r["headline"] for r in map(json.loads, open(sys.argv[1])) if r}
+records = {r["label"]: r for r in map(json.loads, open(sys.argv[1])) if r}
+rows = {label: r["headline"] for label, r in records.items()}
+cpu = {label: (int(server), int(gateway))
+       for label, server, gateway in (line.split() for line in open(sys.argv[4]))}
+ticks_per_s = int(sys.argv[5])
 def h(case, via):
     return rows[f"{case}/{via}"]
 lat_d, lat_g = h("latency", "direct")["latency"], h("latency", "gateway")["latency"]
@@ -112,6 +122,14 @@ for case, name in (("latency", "appends/s, 1 connection"),
                    ("read", "catch-up read MB/s, 1 MiB stream, 8 connections")):
     d, g = h(case, "direct")["throughput"], h(case, "gateway")["throughput"]
     lines.append(f"| {name} | {d:,.0f} | {g:,.0f} | {100 * g / d:.0f} % |")
+# CPU per append in the 16-connection runs: what each process spends on one
+# request (the load generator shares the same cores).
+lines += ["", "| CPU per append, 16 connections | stream-server | auth-gateway |", "|---|---|---|"]
+for via in ("direct", "gateway"):
+    appends = records[f"throughput/{via}"]["results"]["appends"]
+    server, gateway = cpu[f"throughput/{via}"]
+    us = lambda ticks: f"{1e6 * ticks / ticks_per_s / appends:.1f} us"
+    lines.append(f"| {via} | {us(server)} | {us(gateway) if via == 'gateway' else '-'} |")
 problems = sum(r["problems"] for r in rows.values())
 lines += ["", f"errors, losses or corrupt reads in all runs: {problems}"]
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
