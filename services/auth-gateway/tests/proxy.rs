@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Stack, challenge, inspecting_upstream};
+use common::{Stack, challenge, inspecting_upstream, wait_for_flag};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use std::sync::atomic::Ordering;
@@ -185,14 +185,12 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     assert!(!inspection.endless_dropped.load(Ordering::SeqCst));
     drop(body);
 
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !inspection.endless_dropped.load(Ordering::SeqCst) {
-        assert!(
-            Instant::now() < deadline,
-            "upstream kept streaming after the client left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_flag(
+        &inspection.endless_dropped,
+        Duration::from_secs(2),
+        "upstream kept streaming after the client left",
+    )
+    .await;
     stack.finish().await;
 }
 
@@ -209,14 +207,12 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_upstream_request() {
         .send()
         .await;
     assert!(abandoned.is_err(), "the upstream never answers");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !inspection.hang_dropped.load(Ordering::SeqCst) {
-        assert!(
-            Instant::now() < deadline,
-            "upstream request still pending after the client left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_flag(
+        &inspection.hang_dropped,
+        Duration::from_secs(2),
+        "upstream request still pending after the client left",
+    )
+    .await;
     stack.finish().await;
 }
 

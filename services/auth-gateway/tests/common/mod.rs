@@ -435,3 +435,13 @@ pub fn challenge(response: &reqwest::Response) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Waits up to `within` for `flag` to be set; fails the test with `what`
+/// otherwise.
+pub async fn wait_for_flag(flag: &AtomicBool, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while !flag.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

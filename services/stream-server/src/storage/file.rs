@@ -93,7 +93,6 @@ struct MetaFile {
 #[derive(Debug)]
 pub struct FileEngine {
     dir: PathBuf,
-    sync: Sync,
     next_id: AtomicU64,
     syncer: Syncer,
 }
@@ -132,7 +131,6 @@ impl FileEngine {
         }
         Ok(FileEngine {
             dir: data_dir.to_owned(),
-            sync,
             next_id: AtomicU64::new(1),
             syncer: Syncer::start(sync)?,
         })
@@ -247,7 +245,7 @@ impl Engine for FileEngine {
             meta: meta.clone(),
         };
         let meta_json = serde_json::to_vec_pretty(&meta_file).map_err(io)?;
-        let durable = self.sync == Sync::EveryAppend;
+        let durable = self.syncer.sync == Sync::EveryAppend;
         let mut records = Vec::new();
         let mut tail = base;
         for messages in &initial {
