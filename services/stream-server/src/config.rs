@@ -5,7 +5,7 @@
 //! `DS_SERVER__PORT=8080` sets `port` in `[server]`. A value that does not
 //! parse stops startup with an error naming the key.
 
-use crate::storage::StorageMode;
+use crate::storage::{StorageMode, Tuning, file::MIN_JOURNAL_BYTES};
 use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -46,6 +46,7 @@ Environment (defaults in brackets):
   DS_STORAGE__MODE                         memory, file-fast, file-durable, acid (alias redb) [memory]
   DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
   DS_STORAGE__SYNC_INTERVAL_MS             file-fast: background fdatasync interval [1000]
+  DS_STORAGE__JOURNAL_BYTES                file-durable: shared journal size, at least 1048576 [67108864]
   DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
   RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
 
@@ -128,6 +129,7 @@ pub struct StorageConfig {
     pub mode: StorageMode,
     pub data_dir: PathBuf,
     pub sync_interval_ms: u64,
+    pub journal_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -136,6 +138,7 @@ impl Default for StorageConfig {
             mode: StorageMode::Memory,
             data_dir: PathBuf::from("./data"),
             sync_interval_ms: 1000,
+            journal_bytes: Tuning::default().journal_bytes,
         }
     }
 }
@@ -205,6 +208,15 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.storage.journal_bytes < MIN_JOURNAL_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "storage.journal_bytes",
+                reason: format!(
+                    "must be at least {MIN_JOURNAL_BYTES}, got {}",
+                    self.storage.journal_bytes
+                ),
+            });
+        }
         if self.http.max_read_bytes == 0 {
             return Err(ConfigError::Invalid {
                 key: "http.max_read_bytes",
@@ -218,6 +230,14 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Settings of the persistent storage engines.
+    pub fn storage_tuning(&self) -> Tuning {
+        Tuning {
+            sync_interval: Duration::from_millis(self.storage.sync_interval_ms),
+            journal_bytes: self.storage.journal_bytes,
+        }
     }
 
     pub fn long_poll_timeout(&self) -> Duration {

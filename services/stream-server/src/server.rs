@@ -51,7 +51,7 @@ pub async fn serve(
     let engine = storage::open(
         config.storage.mode,
         &config.storage.data_dir,
-        Duration::from_millis(config.storage.sync_interval_ms),
+        &config.storage_tuning(),
     )?;
     let limits = StorageLimits {
         max_stream_bytes: config.limits.max_stream_bytes,

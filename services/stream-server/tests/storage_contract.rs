@@ -38,12 +38,20 @@ impl Drop for DataDir {
     }
 }
 
+/// Fast file-fast syncs and the smallest journal, so tests wrap it.
+fn tuning() -> storage::Tuning {
+    storage::Tuning {
+        sync_interval: Duration::from_millis(50),
+        journal_bytes: storage::file::MIN_JOURNAL_BYTES,
+    }
+}
+
 /// Opens an engine; retries briefly because the previous instance's
 /// background thread may still be releasing the database file.
 fn open(mode: StorageMode, dir: &Path) -> Arc<dyn Engine> {
     let mut last = None;
     for _ in 0..50 {
-        match storage::open(mode, dir, Duration::from_millis(50)) {
+        match storage::open(mode, dir, &tuning()) {
             Ok(engine) => return engine,
             Err(e) => last = Some(e),
         }
@@ -271,7 +279,7 @@ async fn a_data_dir_of_another_mode_is_refused() {
             .expect("create");
         wait(commit).await;
     }
-    let err = storage::open(StorageMode::Acid, &dir.0, Duration::from_millis(50))
+    let err = storage::open(StorageMode::Acid, &dir.0, &tuning())
         .expect_err("acid must refuse a file-mode directory");
     assert!(
         err.to_string().contains(&dir.0.display().to_string()),
@@ -287,7 +295,7 @@ async fn a_data_dir_of_another_mode_is_refused() {
         wait(commit).await;
     }
     assert!(
-        storage::open(StorageMode::FileFast, &dir.0, Duration::from_millis(50)).is_err(),
+        storage::open(StorageMode::FileFast, &dir.0, &tuning()).is_err(),
         "file modes must refuse an acid directory"
     );
 }

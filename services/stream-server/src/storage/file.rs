@@ -11,18 +11,24 @@
 //!   state, `Stream-Seq`, closure) so they persist atomically: a torn or
 //!   corrupt record is dropped whole at startup and the log truncated there.
 //! * `trash/` — deleted streams, renamed here (atomic) and then removed.
+//! * `journal/` — `file-durable`'s shared journal (see [`journal`]).
 //!
 //! A record is written by the request that makes it, under the stream's
 //! writer lock, so records land in order and an append costs one `pwrite`
 //! into the page cache (a few microseconds; large records first tell the
 //! runtime the thread will block). Every append is thus written to the OS
 //! before it is acknowledged and survives a crash of the process.
-//! Syncing runs on the engine's I/O thread, never on the async runtime:
-//! `file-durable` waits for it before acknowledging, and all appends
-//! waiting together share one sync pass (group commit); `file-fast` syncs
-//! the logs written since the last pass every `sync_interval`.
+//! Syncing runs on the engine's I/O thread, never on the async runtime.
+//! `file-durable` also queues each record for the shared journal and
+//! acknowledges once it is synced there: the records of all appends waiting
+//! together are written to the journal in one `pwrite` and made durable by
+//! one `fdatasync` (group commit); the logs themselves are synced when the
+//! journal checkpoints. `file-fast` syncs the logs written since the last
+//! pass every `sync_interval`.
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
+
+mod journal;
 
 use super::chunk::{self, Chunk, RecentChunks};
 use super::{
@@ -75,11 +81,20 @@ fn io(e: impl std::fmt::Display) -> StorageError {
 /// How appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
-    /// `fdatasync` before acknowledging.
-    EveryAppend,
+    /// Synced in a shared journal of `capacity` bytes before acknowledging.
+    Journal { capacity: u64 },
     /// `fdatasync` in the background at this interval.
     Interval(Duration),
 }
+
+impl Sync {
+    fn is_durable(self) -> bool {
+        matches!(self, Sync::Journal { .. })
+    }
+}
+
+/// The smallest journal `Sync::Journal` accepts.
+pub const MIN_JOURNAL_BYTES: u64 = journal::MIN_CAPACITY;
 
 /// A stream's `meta.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +140,16 @@ impl FileEngine {
         }
         fs::create_dir_all(data_dir.join("streams")).map_err(io)?;
         fs::create_dir_all(data_dir.join("trash")).map_err(io)?;
+        // A journal left by file-durable goes into the logs before they are
+        // read, whichever mode opens them now.
+        journal::replay(data_dir, &data_dir.join("streams"))?;
+        let journal = match sync {
+            Sync::Journal { capacity } => Some(journal::Shards::start(data_dir, capacity)?),
+            Sync::Interval(_) => {
+                journal::remove(data_dir)?;
+                None
+            }
+        };
         // Rises towards the hard limit: every stream keeps its log open.
         if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
             tracing::warn!("cannot raise the open file limit: {e}");
@@ -132,7 +157,7 @@ impl FileEngine {
         Ok(FileEngine {
             dir: data_dir.to_owned(),
             next_id: AtomicU64::new(1),
-            syncer: Syncer::start(sync)?,
+            syncer: Syncer::start(sync, journal)?,
         })
     }
 
@@ -245,7 +270,7 @@ impl Engine for FileEngine {
             meta: meta.clone(),
         };
         let meta_json = serde_json::to_vec_pretty(&meta_file).map_err(io)?;
-        let durable = self.syncer.sync == Sync::EveryAppend;
+        let durable = self.syncer.sync.is_durable();
         let mut records = Vec::new();
         let mut tail = base;
         for messages in &initial {
@@ -457,14 +482,14 @@ impl FileLog {
     /// once it is as durable as the mode promises. The caller holds the
     /// writer lock, which keeps records in order and the log free of holes.
     /// On error nothing was added to the log.
-    fn write(&self, writer: &mut Writer, record: &[u8]) -> Result<Commit, StorageError> {
+    fn write(&self, writer: &mut Writer, record: Vec<u8>) -> Result<Commit, StorageError> {
         if writer.broken {
             return Err(StorageError::Io(
                 "an earlier write to this log failed and could not be undone".into(),
             ));
         }
         let pos = writer.len;
-        let written = blocking_if_large(record.len(), || self.file.write_all_at(record, pos));
+        let written = blocking_if_large(record.len(), || self.file.write_all_at(&record, pos));
         if let Err(e) = written {
             // Never leave half a record behind.
             if let Err(undo) = self.file.set_len(pos) {
@@ -475,9 +500,25 @@ impl FileLog {
         }
         writer.len += record.len() as u64;
         self.written.store(writer.len, Ordering::Release);
-        match self.syncer.sync {
-            Sync::EveryAppend => self.syncer.sync_log(Arc::clone(&self.file)),
-            Sync::Interval(_) => {
+        match &self.syncer.journal {
+            // Queued while the writer lock is held, so a stream's records
+            // reach its journal shard in log order.
+            Some(journal) => {
+                let (reply, receiver) = oneshot::channel();
+                let request = if journal.takes(record.len()) {
+                    let entry = journal::Entry {
+                        stream: self.id,
+                        pos,
+                        record,
+                    };
+                    journal::Request::Append(entry, reply)
+                } else {
+                    journal::Request::SyncLog(Arc::clone(&self.file), reply)
+                };
+                journal.send(self.id, request)?;
+                Ok(Commit::pending(receiver))
+            }
+            None => {
                 self.mark_unsynced()?;
                 Ok(Commit::done())
             }
@@ -572,7 +613,7 @@ impl StreamLog for FileLog {
         let mut tail = writer.tail;
         let record = encode_mutation(&mutation, &mut tail);
         let (data_start, record_pos) = (writer.tail.bytes, writer.len);
-        let commit = self.write(&mut writer, &record)?;
+        let commit = self.write(&mut writer, record)?;
         if let Some(messages) = &mutation.data {
             writer.note_data_record(data_start, record_pos);
             let appended = Chunk::appended(messages, writer.tail);
@@ -584,7 +625,7 @@ impl StreamLog for FileLog {
 
     fn soft_delete(&self) -> Result<Commit, StorageError> {
         let mut writer = self.writer.lock();
-        self.write(&mut writer, &frame(&[KIND_SOFT_DELETE]))
+        self.write(&mut writer, frame(&[KIND_SOFT_DELETE]))
     }
 
     fn remove(&self) -> Result<Commit, StorageError> {
@@ -816,14 +857,16 @@ impl<'a> Records<'a> {
     }
 }
 
-/// The engine's I/O thread: syncs logs and removes deleted streams, so
-/// neither runs on the async runtime. It takes every request already queued
-/// as one group: one sync pass covers all of the group's logs (group
-/// commit).
+/// The engine's background I/O, so none of it runs on the async runtime:
+/// `file-durable`'s journal threads, and the I/O thread that syncs
+/// `file-fast`'s logs, new streams' directories and removes deleted
+/// streams. The I/O thread takes every request already queued as one
+/// group: one sync pass covers all of the group's logs.
 #[derive(Debug, Clone)]
 struct Syncer {
     sync: Sync,
     requests: mpsc::Sender<IoRequest>,
+    journal: Option<journal::Shards>,
 }
 
 /// A stream directory to delete.
@@ -836,8 +879,6 @@ struct RemoveJob {
 type Reply = oneshot::Sender<Result<(), StorageError>>;
 
 enum IoRequest {
-    /// Sync this log, then reply (file-durable).
-    Sync(Arc<File>, Reply),
     Remove(RemoveJob, Reply),
     /// Sync this file's whole filesystem, directory entries included.
     Filesystem(Arc<File>, Reply),
@@ -850,7 +891,7 @@ enum IoRequest {
 }
 
 impl Syncer {
-    fn start(sync: Sync) -> Result<Self, StorageError> {
+    fn start(sync: Sync, journal: Option<journal::Shards>) -> Result<Self, StorageError> {
         let (requests, incoming) = mpsc::channel();
         std::thread::Builder::new()
             .name("log-io".into())
@@ -867,7 +908,11 @@ impl Syncer {
                 })
                 .map_err(io)?;
         }
-        Ok(Syncer { sync, requests })
+        Ok(Syncer {
+            sync,
+            requests,
+            journal,
+        })
     }
 
     fn send(&self, request: impl FnOnce(Reply) -> IoRequest) -> Result<Commit, StorageError> {
@@ -876,10 +921,6 @@ impl Syncer {
             .send(request(reply))
             .map_err(|_| StorageError::Stopped)?;
         Ok(Commit::pending(receiver))
-    }
-
-    fn sync_log(&self, file: Arc<File>) -> Result<Commit, StorageError> {
-        self.send(|reply| IoRequest::Sync(file, reply))
     }
 
     fn remove(&self, job: RemoveJob) -> Result<Commit, StorageError> {
@@ -901,13 +942,18 @@ impl Syncer {
             .map_err(|_| StorageError::Stopped)
     }
 
-    /// Syncs everything written so far; waits for it.
+    /// Syncs everything written so far and checkpoints the journal, so a
+    /// restart has nothing to replay; waits for it.
     fn flush(&self) -> Result<(), StorageError> {
         let (reply, done) = mpsc::channel();
         self.requests
             .send(IoRequest::Dirty(Some(reply)))
             .map_err(|_| StorageError::Stopped)?;
-        done.recv().unwrap_or(Err(StorageError::Stopped))
+        done.recv().unwrap_or(Err(StorageError::Stopped))?;
+        match &self.journal {
+            Some(journal) => journal.checkpoint(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -922,12 +968,6 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
         let mut whole_filesystem = None;
         for request in std::iter::once(first).chain(incoming.try_iter()) {
             match request {
-                IoRequest::Sync(file, reply) => {
-                    if !sync_now.iter().any(|f| Arc::ptr_eq(f, &file)) {
-                        sync_now.push(file);
-                    }
-                    after_sync.push(reply);
-                }
                 IoRequest::Remove(job, reply) => {
                     unsynced.remove(&job.id);
                     let _ = reply.send(remove_stream(&job, sync));
@@ -982,7 +1022,7 @@ fn blocking_if_large<T>(len: usize, write: impl FnOnce() -> T) -> T {
 /// Deletes a stream: an atomic rename into trash, then the removal.
 fn remove_stream(job: &RemoveJob, sync: Sync) -> Result<(), StorageError> {
     fs::rename(&job.dir, &job.trash).map_err(io)?;
-    if sync == Sync::EveryAppend
+    if sync.is_durable()
         && let Some(parent) = job.dir.parent()
     {
         File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;

@@ -14,7 +14,8 @@
 //! * Mutations of one stream are applied in the order they are submitted.
 //!
 //! * [`memory`] — nothing on disk; commits are immediate.
-//! * [`file`] — `file-fast` and `file-durable`: checksummed log files.
+//! * [`file`] — `file-fast` and `file-durable`: checksummed log files;
+//!   `file-durable` acknowledges through a shared journal.
 //! * [`redb`] — the `acid` mode: every change in one redb transaction with
 //!   immediate durability, concurrent requests grouped into one transaction.
 
@@ -238,21 +239,42 @@ pub trait Engine: Send + Sync + fmt::Debug {
     }
 }
 
+/// Settings of the persistent engines.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// `file-fast`: how often written logs are synced.
+    pub sync_interval: std::time::Duration,
+    /// `file-durable`: size of the shared journal.
+    pub journal_bytes: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            sync_interval: std::time::Duration::from_secs(1),
+            journal_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// Opens the engine configured by `mode`.
 pub fn open(
     mode: StorageMode,
     data_dir: &std::path::Path,
-    sync_interval: std::time::Duration,
+    tuning: &Tuning,
 ) -> Result<Arc<dyn Engine>, StorageError> {
     Ok(match mode {
         StorageMode::Memory => Arc::new(memory::MemoryEngine),
         StorageMode::FileFast => Arc::new(file::FileEngine::open(
             data_dir,
-            file::Sync::Interval(sync_interval),
+            file::Sync::Interval(tuning.sync_interval),
         )?),
-        StorageMode::FileDurable => {
-            Arc::new(file::FileEngine::open(data_dir, file::Sync::EveryAppend)?)
-        }
+        StorageMode::FileDurable => Arc::new(file::FileEngine::open(
+            data_dir,
+            file::Sync::Journal {
+                capacity: tuning.journal_bytes,
+            },
+        )?),
         StorageMode::Acid => Arc::new(redb::RedbEngine::open(data_dir)?),
     })
 }
