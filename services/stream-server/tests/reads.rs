@@ -218,6 +218,33 @@ async fn etag_and_if_none_match_give_304_until_data_changes() {
 }
 
 #[tokio::test]
+async fn a_recreated_stream_never_matches_the_old_streams_etag() {
+    let server = TestServer::start().await;
+    server.create("s", "text/plain").await;
+    server.append("s", "text/plain", "old").await;
+    let old = server.read_from("s", "-1").await;
+    let etag = header(&old, "etag").expect("etag");
+
+    // Same path, same length, same offsets: only the content differs.
+    assert_eq!(
+        send(server.delete("s")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    server.create("s", "text/plain").await;
+    server.append("s", "text/plain", "new").await;
+    let fresh = send(
+        server
+            .get("s")
+            .query(&[("offset", "-1")])
+            .header("if-none-match", &etag),
+    )
+    .await;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    assert_ne!(header(&fresh, "etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(text(fresh).await, "new");
+}
+
+#[tokio::test]
 async fn etag_changes_when_the_stream_closes() {
     let server = TestServer::start().await;
     // Once for a read returning data, once for the empty read at the tail.

@@ -81,6 +81,26 @@ fn meta() -> StreamMeta {
 
 fn text(log: &dyn StreamLog, from: Offset, limit: u64, budget: usize) -> (String, Offset) {
     let slice = log.read(from, limit, budget).expect("read");
+    // Every message read has its end reported, in order, the last at
+    // `next`; split there, the data is the same bytes.
+    assert_eq!(
+        slice.ends.len() as u64,
+        slice.next.messages - from.messages,
+        "{slice:?}"
+    );
+    assert!(slice.ends.windows(2).all(|w| w[0] < w[1]), "{slice:?}");
+    assert_eq!(
+        slice.ends.last().copied().unwrap_or(from.bytes),
+        slice.next.bytes
+    );
+    let split: Vec<Vec<u8>> = slice.messages().iter().map(|m| m.concat()).collect();
+    assert_eq!(split.len(), slice.ends.len());
+    assert_eq!(split.concat(), slice.data.concat());
+    let mut start = from.bytes;
+    for (message, &end) in split.iter().zip(&slice.ends) {
+        assert_eq!(message.len() as u64, end - start);
+        start = end;
+    }
     let bytes: Vec<u8> = slice.data.concat();
     (String::from_utf8(bytes).expect("utf-8"), slice.next)
 }

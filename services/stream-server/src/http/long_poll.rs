@@ -29,7 +29,7 @@ pub async fn read(
             .read_async(from, state.settings.max_read_bytes)
             .await?;
         if !read.slice.is_empty() {
-            let tag = etag(&query.offset_text, &read);
+            let tag = etag(&stream, &query.offset_text, &read);
             let mut response = data_response(&stream, read, Some(cursor));
             response.headers_mut().insert(header::ETAG, tag);
             response

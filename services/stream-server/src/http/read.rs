@@ -45,7 +45,7 @@ async fn catch_up(
     let read = stream
         .read_async(start_of(stream, query.from), state.settings.max_read_bytes)
         .await?;
-    let etag = etag(&query.offset_text, &read);
+    let etag = etag(stream, &query.offset_text, &read);
     if request_headers
         .get(header::IF_NONE_MATCH)
         .and_then(|sent| sent.to_str().ok())
@@ -81,15 +81,21 @@ pub fn start_of(stream: &Stream, from: ReadFrom) -> Offset {
 }
 
 /// `ETag: "<offset as sent>:<next offset>"`, with `:c` once the read
-/// reaches the end of a closed stream, so closure is never hidden by a 304.
-pub fn etag(offset_text: &str, read: &ReadResult) -> HeaderValue {
+/// reaches the end of a closed stream, so closure is never hidden by a 304,
+/// and led by `<recreation>:` for a stream created where one was removed,
+/// so a recreated stream's tags never match the old one's.
+pub fn etag(stream: &Stream, offset_text: &str, read: &ReadResult) -> HeaderValue {
     let closed = if read.closed && read.up_to_date() {
         ":c"
     } else {
         ""
     };
-    HeaderValue::from_str(&format!("\"{offset_text}:{}{closed}\"", read.slice.next))
-        .unwrap_or(HeaderValue::from_static("\"\""))
+    let next = read.slice.next;
+    let tag = match stream.recreation {
+        0 => format!("\"{offset_text}:{next}{closed}\""),
+        recreation => format!("\"{recreation}:{offset_text}:{next}{closed}\""),
+    };
+    HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 /// A `200 OK` carrying read data and the headers describing it; shared by

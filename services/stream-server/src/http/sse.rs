@@ -111,20 +111,27 @@ impl Session {
         None
     }
 
-    /// A data event (when there is data) and its control event, as one
-    /// write so clients never see one without the other.
+    /// The read's data and the control event after it, as one write so
+    /// clients never see data without its control event. Text streams get
+    /// an event per message, as appended (what the quickstart shows);
+    /// JSON (one array) and base64 streams one event per read, which the
+    /// conformance suite expects to be followed by a control event.
     fn events(&mut self, read: ReadResult) -> Bytes {
         let up_to_date = read.up_to_date();
         let closed = read.closed && up_to_date;
         let next = read.slice.next;
         let mut out = BytesMut::new();
-        if !read.slice.is_empty() {
-            let pieces = if self.stream.config.is_json() {
-                json::array_body(read.slice.data)
-            } else {
-                read.slice.data
-            };
-            out.extend_from_slice(&data_event(&pieces, self.encoding));
+        if self.stream.config.is_json() {
+            if !read.slice.is_empty() {
+                let array = json::array_body(read.slice.data);
+                out.extend_from_slice(&data_event(&array, self.encoding));
+            }
+        } else if self.encoding == DataEncoding::Text {
+            for message in read.slice.messages() {
+                out.extend_from_slice(&data_event(&message, self.encoding));
+            }
+        } else if !read.slice.is_empty() {
+            out.extend_from_slice(&data_event(&read.slice.data, self.encoding));
         }
         out.extend_from_slice(&control_event(&Control {
             stream_next_offset: next.to_string(),

@@ -158,6 +158,14 @@ pub fn read_chunks(
             break;
         };
         budget = budget.saturating_sub(data.len());
+        let start = chunk.start();
+        slice.ends.extend(
+            chunk
+                .ends
+                .iter()
+                .map(|&end| start + u64::from(end))
+                .filter(|&end| end > slice.next.bytes && end <= next.bytes),
+        );
         slice.data.push(data);
         slice.next = next;
         if next.bytes < chunk.end || budget == 0 || next.bytes >= limit {

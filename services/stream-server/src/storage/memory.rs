@@ -152,10 +152,12 @@ impl StreamLog for MemoryLog {
                 }
             }
         };
+        let first = inner.ends.partition_point(|&e| e <= from.bytes);
         let messages = inner.ends.partition_point(|&e| e < end) + 1;
         inner.freeze_pending(self.base.bytes);
         Ok(LogSlice {
             data: inner.slices(from.bytes, end),
+            ends: inner.ends[first..messages].to_vec(),
             next: Offset::new(self.base.messages + messages as u64, end),
         })
     }

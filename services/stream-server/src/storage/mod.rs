@@ -157,6 +157,9 @@ impl Commit {
 #[derive(Debug, Default)]
 pub struct LogSlice {
     pub data: Vec<Bytes>,
+    /// Stream byte position just past each message in `data`, in order;
+    /// the last is `next.bytes`.
+    pub ends: Vec<u64>,
     /// The offset just past the returned data.
     pub next: Offset,
 }
@@ -165,8 +168,41 @@ impl LogSlice {
     pub fn empty(at: Offset) -> Self {
         LogSlice {
             data: Vec::new(),
+            ends: Vec::new(),
             next: at,
         }
+    }
+
+    /// Adds `later`, which starts where this slice ends.
+    pub fn extend(&mut self, later: LogSlice) {
+        if !later.is_empty() {
+            self.data.extend(later.data);
+            self.ends.extend(later.ends);
+            self.next = later.next;
+        }
+    }
+
+    /// The data of each message, in order: slices of `data`, no copies.
+    pub fn messages(&self) -> Vec<Vec<Bytes>> {
+        let mut pos = self.next.bytes - self.len() as u64;
+        let mut ends = self.ends.iter().copied().peekable();
+        let mut messages = Vec::with_capacity(self.ends.len());
+        let mut current = Vec::new();
+        for piece in &self.data {
+            let mut at = 0;
+            while at < piece.len() {
+                let Some(&end) = ends.peek() else { break };
+                let take = ((end - pos) as usize).min(piece.len() - at);
+                current.push(piece.slice(at..at + take));
+                at += take;
+                pos += take as u64;
+                if pos == end {
+                    messages.push(std::mem::take(&mut current));
+                    ends.next();
+                }
+            }
+        }
+        messages
     }
 
     pub fn is_empty(&self) -> bool {

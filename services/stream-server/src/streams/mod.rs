@@ -25,8 +25,9 @@ use crate::storage::{
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 use stream::{ForkOrigin, StreamConfig, StreamState};
 use time::OffsetDateTime;
@@ -112,6 +113,43 @@ pub struct Streams {
     engine: Arc<dyn Engine>,
     limits: StorageLimits,
     memory_used: AtomicU64,
+    removals: Removals,
+}
+
+/// Buckets of [`Removals`]: 16 KiB, whatever the number of paths.
+const REMOVAL_BUCKETS: usize = 4096;
+
+/// How many streams were removed in this process, per bucket of paths. A
+/// stream created at a path whose bucket is non-zero takes the count as its
+/// [`Stream::recreation`]; counts only grow, so it differs from that of
+/// every earlier stream at the path. Paths sharing a bucket only get longer
+/// ETags.
+struct Removals(Box<[AtomicU32]>);
+
+impl Removals {
+    fn new() -> Self {
+        Removals((0..REMOVAL_BUCKETS).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    fn bucket(&self, path: &str) -> &AtomicU32 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        path.hash(&mut hasher);
+        &self.0[(hasher.finish() % REMOVAL_BUCKETS as u64) as usize]
+    }
+
+    fn count(&self, path: &str) -> u32 {
+        self.bucket(path).load(Ordering::Relaxed)
+    }
+
+    fn record(&self, path: &str) {
+        self.bucket(path).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Removals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Removals")
+    }
 }
 
 impl Streams {
@@ -122,6 +160,7 @@ impl Streams {
             engine,
             limits,
             memory_used: AtomicU64::new(0),
+            removals: Removals::new(),
         };
         for recovered in streams.engine.recover()? {
             let fork = match &recovered.meta.fork {
@@ -161,7 +200,8 @@ impl Streams {
                 soft_deleted: recovered.soft_deleted,
                 ..StreamState::new(recovered.log, recovered.closed)
             };
-            let stream = Stream::new(recovered.path.clone(), config, state);
+            // Nothing was removed yet in this process.
+            let stream = Stream::new(recovered.path.clone(), config, state, 0);
             stream.publish(tail, recovered.closed, recovered.soft_deleted);
             streams.map.insert(recovered.path, Arc::new(stream));
         }
@@ -397,7 +437,11 @@ impl Streams {
             }
         };
         let state = StreamState::new(log, closed);
-        Ok((Stream::new(path.to_owned(), config, state), commit))
+        let recreation = self.removals.count(path);
+        Ok((
+            Stream::new(path.to_owned(), config, state, recreation),
+            commit,
+        ))
     }
 
     /// Resolves the fork headers: the source, its divergence point, the
@@ -693,6 +737,7 @@ impl Streams {
                 }
                 commits.push(state.log.remove()?);
                 state.removed = true;
+                self.removals.record(&current.path);
                 self.memory_used
                     .fetch_sub(log_bytes(&*state.log), Ordering::Relaxed);
                 current.publish(Offset::ZERO, false, true);

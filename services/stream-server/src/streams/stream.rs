@@ -117,6 +117,10 @@ pub struct Stream {
     visible: watch::Sender<Tail>,
     /// Reads may block on disk I/O and run on the blocking pool.
     blocking_reads: bool,
+    /// Non-zero when a stream at this path (or one sharing its bucket) was
+    /// removed earlier in this process; part of the ETag, so this stream's
+    /// tags never match the earlier one's (§ "ETag": the stream id).
+    pub recreation: u32,
 }
 
 /// A read's answer: data ending on a message boundary, and where it ended.
@@ -138,7 +142,7 @@ impl ReadResult {
 impl Stream {
     /// A stream whose state is `state`; nothing is visible to readers until
     /// [`Stream::publish`] says so.
-    pub fn new(path: String, config: StreamConfig, state: StreamState) -> Self {
+    pub fn new(path: String, config: StreamConfig, state: StreamState, recreation: u32) -> Self {
         let blocking_reads = state.log.reads_block();
         let visible = Tail {
             next: state.log.base(),
@@ -152,6 +156,7 @@ impl Stream {
             state: Mutex::new(state),
             visible: watch::Sender::new(visible),
             blocking_reads,
+            recreation,
         }
     }
 
@@ -300,11 +305,7 @@ impl Stream {
         let log = Arc::clone(&self.state.lock().log);
         let budget = max_bytes.saturating_sub(slice.len());
         if slice.next >= log.base() && (slice.is_empty() || budget > 0) {
-            let own = log.read(slice.next, visible.next.bytes, budget.max(1))?;
-            if !own.is_empty() {
-                slice.data.extend(own.data);
-                slice.next = own.next;
-            }
+            slice.extend(log.read(slice.next, visible.next.bytes, budget.max(1))?);
         }
         Ok(ReadResult {
             slice,
@@ -328,11 +329,7 @@ impl Stream {
                         .read_until(from, fork.point.bytes.min(limit), max_bytes)?;
                 let budget = max_bytes.saturating_sub(slice.len());
                 if slice.next.bytes == fork.point.bytes && limit > fork.point.bytes && budget > 0 {
-                    let own = log.read(fork.point, limit, budget)?;
-                    if !own.is_empty() {
-                        slice.data.extend(own.data);
-                        slice.next = own.next;
-                    }
+                    slice.extend(log.read(fork.point, limit, budget)?);
                 }
                 Ok(slice)
             }
