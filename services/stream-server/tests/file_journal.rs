@@ -127,6 +127,17 @@ fn reopened(dir: &Path, sync: Sync) -> String {
     String::from_utf8(slice.data.concat()).expect("utf-8")
 }
 
+/// A file-durable stream with `count` acknowledged appends, then a crash
+/// that loses everything its log was given after creation.
+async fn crash_after_appends(dir: &DataDir, count: usize, size: usize) {
+    {
+        let engine = open(&dir.0, DURABLE);
+        let log = create(&engine).await;
+        append(&*log, 0, count, size).await;
+    }
+    dir.cut_log(0);
+}
+
 fn expected(count: usize, size: usize) -> String {
     (0..count).map(|i| message(i, size)).collect()
 }
@@ -134,12 +145,7 @@ fn expected(count: usize, size: usize) -> String {
 #[tokio::test]
 async fn acknowledged_appends_come_back_from_the_journal() {
     let dir = DataDir::new("restore");
-    {
-        let engine = open(&dir.0, DURABLE);
-        let log = create(&engine).await;
-        append(&*log, 0, 40, 100).await;
-    }
-    dir.cut_log(0);
+    crash_after_appends(&dir, 40, 100).await;
     assert_eq!(reopened(&dir.0, DURABLE), expected(40, 100));
     // The replayed journal was retired: cut again, nothing comes back.
     dir.cut_log(0);
@@ -149,12 +155,7 @@ async fn acknowledged_appends_come_back_from_the_journal() {
 #[tokio::test]
 async fn a_torn_journal_entry_ends_the_replay() {
     let dir = DataDir::new("torn");
-    {
-        let engine = open(&dir.0, DURABLE);
-        let log = create(&engine).await;
-        append(&*log, 0, 10, 100).await;
-    }
-    dir.cut_log(0);
+    crash_after_appends(&dir, 10, 100).await;
     // The stream's entries are in one shard of the journal; the last byte
     // written there belongs to the last entry.
     let (journal_path, journal) = fs::read_dir(dir.0.join("journal"))
@@ -227,12 +228,7 @@ async fn appends_after_checkpoints_replay_and_older_ones_are_durable() {
 #[tokio::test]
 async fn file_fast_replays_a_journal_left_by_file_durable() {
     let dir = DataDir::new("fast");
-    {
-        let engine = open(&dir.0, DURABLE);
-        let log = create(&engine).await;
-        append(&*log, 0, 20, 50).await;
-    }
-    dir.cut_log(0);
+    crash_after_appends(&dir, 20, 50).await;
     let fast = Sync::Interval(Duration::from_millis(50));
     assert_eq!(reopened(&dir.0, fast), expected(20, 50));
     assert!(
