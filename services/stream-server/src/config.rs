@@ -47,6 +47,7 @@ Environment (defaults in brackets):
   DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
   DS_STORAGE__SYNC_INTERVAL_MS             file-fast: background fdatasync interval [1000]
   DS_STORAGE__JOURNAL_BYTES                file-durable: shared journal size, at least 1048576 [67108864]
+  DS_STORAGE__TAIL_CACHE_BYTES             persistent modes: newest bytes per stream kept in memory, 0 = none [65536]
   DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
   RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
 
@@ -130,6 +131,7 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub sync_interval_ms: u64,
     pub journal_bytes: u64,
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +141,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             sync_interval_ms: 1000,
             journal_bytes: Tuning::default().journal_bytes,
+            tail_cache_bytes: Tuning::default().tail_cache_bytes,
         }
     }
 }
@@ -237,6 +240,7 @@ impl Config {
         Tuning {
             sync_interval: Duration::from_millis(self.storage.sync_interval_ms),
             journal_bytes: self.storage.journal_bytes,
+            tail_cache_bytes: self.storage.tail_cache_bytes,
         }
     }
 

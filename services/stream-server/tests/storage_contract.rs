@@ -43,15 +43,20 @@ fn tuning() -> storage::Tuning {
     storage::Tuning {
         sync_interval: Duration::from_millis(50),
         journal_bytes: storage::file::MIN_JOURNAL_BYTES,
+        ..storage::Tuning::default()
     }
 }
 
 /// Opens an engine; retries briefly because the previous instance's
 /// background thread may still be releasing the database file.
 fn open(mode: StorageMode, dir: &Path) -> Arc<dyn Engine> {
+    open_with(mode, dir, &tuning())
+}
+
+fn open_with(mode: StorageMode, dir: &Path, tuning: &storage::Tuning) -> Arc<dyn Engine> {
     let mut last = None;
     for _ in 0..50 {
-        match storage::open(mode, dir, &tuning()) {
+        match storage::open(mode, dir, tuning) {
             Ok(engine) => return engine,
             Err(e) => last = Some(e),
         }
@@ -383,6 +388,46 @@ async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
         let engine = open(mode, &dir.0);
         let recovered = engine.recover().expect("recover");
         check(&*recovered[0].log, "reopened");
+    }
+}
+
+/// With the tail cache turned off, the persistent modes read everything
+/// from storage, and read it right.
+#[tokio::test]
+async fn without_a_tail_cache_reads_come_from_storage() {
+    let no_cache = storage::Tuning {
+        tail_cache_bytes: 0,
+        ..tuning()
+    };
+    for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
+        let dir = DataDir::new(mode, "nocache");
+        let engine = open_with(mode, &dir.0, &no_cache);
+        let (log, commit) = engine
+            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
+            .expect("create");
+        wait(commit).await;
+        let mut expected = String::new();
+        let mut boundaries = vec![Offset::ZERO];
+        for i in 0..20 {
+            let body = format!("message {i};");
+            expected.push_str(&body);
+            let mutation = Mutation {
+                data: Some(messages(&[&body])),
+                ..Mutation::default()
+            };
+            wait(log.apply(mutation).expect("apply")).await;
+            boundaries.push(log.tail());
+        }
+        let tail = log.tail();
+        assert!(
+            log.reads_block_from(tail.bytes),
+            "{mode}: nothing is kept in memory"
+        );
+        for b in &boundaries {
+            let (data, next) = text(&*log, *b, tail.bytes, 1 << 20);
+            assert_eq!(data, expected[b.bytes as usize..], "{mode} from {b:?}");
+            assert_eq!(next, tail, "{mode}");
+        }
     }
 }
 

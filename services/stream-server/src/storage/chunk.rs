@@ -88,29 +88,40 @@ impl Chunk {
 /// read each per append was the bottleneck of live delivery.
 ///
 /// Holds whole chunks, contiguous up to the stream's written tail, at most
-/// [`RecentChunks::BUDGET`] bytes of data; entries may not be durable yet, so
-/// reads must stay within the visible limit, as every read does.
-#[derive(Debug, Default)]
+/// its budget of data bytes (`DS_STORAGE__TAIL_CACHE_BYTES`); entries may not
+/// be durable yet, so reads must stay within the visible limit, as every
+/// read does.
+#[derive(Debug)]
 pub struct RecentChunks {
     chunks: VecDeque<Chunk>,
     bytes: usize,
+    budget: usize,
 }
 
 impl RecentChunks {
-    /// Data bytes kept per stream.
-    pub const BUDGET: usize = 64 * 1024;
+    /// Data bytes kept per stream unless configured otherwise.
+    pub const DEFAULT_BUDGET: usize = 64 * 1024;
+
+    /// A cache keeping at most `budget` bytes; 0 keeps nothing.
+    pub fn new(budget: usize) -> Self {
+        RecentChunks {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
 
     /// Keeps `chunk` (just appended), dropping the oldest beyond the
     /// budget; an append larger than the budget empties the cache.
     pub fn remember(&mut self, chunk: Chunk) {
-        if chunk.data.len() > Self::BUDGET {
+        if chunk.data.len() > self.budget {
             self.chunks.clear();
             self.bytes = 0;
             return;
         }
         self.bytes += chunk.data.len();
         self.chunks.push_back(chunk);
-        while self.bytes > Self::BUDGET {
+        while self.bytes > self.budget {
             if let Some(old) = self.chunks.pop_front() {
                 self.bytes -= old.data.len();
             }

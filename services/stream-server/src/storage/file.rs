@@ -110,6 +110,8 @@ pub struct FileEngine {
     dir: PathBuf,
     next_id: AtomicU64,
     syncer: Syncer,
+    /// Bytes of each stream's newest appends kept in memory.
+    tail_cache: usize,
 }
 
 impl FileEngine {
@@ -158,7 +160,15 @@ impl FileEngine {
             dir: data_dir.to_owned(),
             next_id: AtomicU64::new(1),
             syncer: Syncer::start(sync, journal)?,
+            tail_cache: RecentChunks::DEFAULT_BUDGET,
         })
+    }
+
+    /// Keeps up to `bytes` of each stream's newest appends in memory for
+    /// reads at the tail (0: none).
+    pub fn with_tail_cache(mut self, bytes: usize) -> Self {
+        self.tail_cache = bytes;
+        self
     }
 
     fn streams_dir(&self) -> PathBuf {
@@ -190,7 +200,7 @@ impl FileEngine {
                 len: 0,
                 tail: base,
                 index: Vec::new(),
-                recent: RecentChunks::default(),
+                recent: RecentChunks::new(self.tail_cache),
                 broken: false,
             }),
             written: AtomicU64::new(0),

@@ -282,6 +282,9 @@ pub struct Tuning {
     pub sync_interval: std::time::Duration,
     /// `file-durable`: size of the shared journal.
     pub journal_bytes: u64,
+    /// Persistent modes: bytes of each stream's newest appends kept in
+    /// memory for reads at the tail.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -289,6 +292,7 @@ impl Default for Tuning {
         Tuning {
             sync_interval: std::time::Duration::from_secs(1),
             journal_bytes: 64 * 1024 * 1024,
+            tail_cache_bytes: chunk::RecentChunks::DEFAULT_BUDGET,
         }
     }
 }
@@ -301,16 +305,21 @@ pub fn open(
 ) -> Result<Arc<dyn Engine>, StorageError> {
     Ok(match mode {
         StorageMode::Memory => Arc::new(memory::MemoryEngine),
-        StorageMode::FileFast => Arc::new(file::FileEngine::open(
-            data_dir,
-            file::Sync::Interval(tuning.sync_interval),
-        )?),
-        StorageMode::FileDurable => Arc::new(file::FileEngine::open(
-            data_dir,
-            file::Sync::Journal {
-                capacity: tuning.journal_bytes,
-            },
-        )?),
-        StorageMode::Acid => Arc::new(redb::RedbEngine::open(data_dir)?),
+        StorageMode::FileFast => Arc::new(
+            file::FileEngine::open(data_dir, file::Sync::Interval(tuning.sync_interval))?
+                .with_tail_cache(tuning.tail_cache_bytes),
+        ),
+        StorageMode::FileDurable => Arc::new(
+            file::FileEngine::open(
+                data_dir,
+                file::Sync::Journal {
+                    capacity: tuning.journal_bytes,
+                },
+            )?
+            .with_tail_cache(tuning.tail_cache_bytes),
+        ),
+        StorageMode::Acid => {
+            Arc::new(redb::RedbEngine::open(data_dir)?.with_tail_cache(tuning.tail_cache_bytes))
+        }
     })
 }

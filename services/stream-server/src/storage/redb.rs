@@ -68,6 +68,8 @@ pub struct RedbEngine {
     db: Arc<Database>,
     writer: mpsc::Sender<Job>,
     next_id: AtomicU64,
+    /// Bytes of each stream's newest appends kept in memory.
+    tail_cache: usize,
 }
 
 impl RedbEngine {
@@ -121,7 +123,15 @@ impl RedbEngine {
             db,
             writer,
             next_id: AtomicU64::new(1),
+            tail_cache: RecentChunks::DEFAULT_BUDGET,
         })
+    }
+
+    /// Keeps up to `bytes` of each stream's newest appends in memory for
+    /// reads at the tail (0: none).
+    pub fn with_tail_cache(mut self, bytes: usize) -> Self {
+        self.tail_cache = bytes;
+        self
     }
 
     fn submit(writer: &mpsc::Sender<Job>, op: Op) -> Result<Commit, StorageError> {
@@ -138,7 +148,7 @@ impl RedbEngine {
             path: path.to_owned(),
             base,
             tail: Mutex::new(tail),
-            recent: Mutex::new(RecentChunks::default()),
+            recent: Mutex::new(RecentChunks::new(self.tail_cache)),
             db: Arc::clone(&self.db),
             writer: self.writer.clone(),
         })
