@@ -110,6 +110,30 @@ fn text(log: &dyn StreamLog, from: Offset, limit: u64, budget: usize) -> (String
     (String::from_utf8(bytes).expect("utf-8"), slice.next)
 }
 
+/// A new stream holding one message per body: its log, its whole content
+/// and the offset before and after each message.
+async fn stream_of(
+    engine: &dyn Engine,
+    bodies: impl Iterator<Item = String>,
+) -> (Arc<dyn StreamLog>, String, Vec<Offset>) {
+    let (log, commit) = engine
+        .create("s", &meta(), Offset::ZERO, Vec::new(), false)
+        .expect("create");
+    wait(commit).await;
+    let mut expected = String::new();
+    let mut boundaries = vec![Offset::ZERO];
+    for body in bodies {
+        expected.push_str(&body);
+        let mutation = Mutation {
+            data: Some(messages(&[&body])),
+            ..Mutation::default()
+        };
+        wait(log.apply(mutation).expect("apply")).await;
+        boundaries.push(log.tail());
+    }
+    (log, expected, boundaries)
+}
+
 async fn wait(commit: storage::Commit) {
     commit.wait().await.expect("commit");
 }
@@ -334,23 +358,9 @@ async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
     for mode in MODES {
         let dir = DataDir::new(mode, "recent");
         let engine = open(mode, &dir.0);
-        let (log, commit) = engine
-            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-            .expect("create");
-        wait(commit).await;
         // 160 appends of 1.5 KiB: more than the file modes keep in memory.
-        let mut expected = String::new();
-        let mut boundaries = vec![Offset::ZERO];
-        for i in 0..160u32 {
-            let body = format!("{i:04}").repeat(384);
-            expected.push_str(&body);
-            let mutation = Mutation {
-                data: Some(messages(&[&body])),
-                ..Mutation::default()
-            };
-            wait(log.apply(mutation).expect("apply")).await;
-            boundaries.push(log.tail());
-        }
+        let bodies = (0..160u32).map(|i| format!("{i:04}").repeat(384));
+        let (log, expected, boundaries) = stream_of(&*engine, bodies).await;
         let check = |log: &dyn StreamLog, when: &str| {
             let tail = log.tail();
             for &b in &boundaries {
@@ -402,22 +412,8 @@ async fn without_a_tail_cache_reads_come_from_storage() {
     for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
         let dir = DataDir::new(mode, "nocache");
         let engine = open_with(mode, &dir.0, &no_cache);
-        let (log, commit) = engine
-            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-            .expect("create");
-        wait(commit).await;
-        let mut expected = String::new();
-        let mut boundaries = vec![Offset::ZERO];
-        for i in 0..20 {
-            let body = format!("message {i};");
-            expected.push_str(&body);
-            let mutation = Mutation {
-                data: Some(messages(&[&body])),
-                ..Mutation::default()
-            };
-            wait(log.apply(mutation).expect("apply")).await;
-            boundaries.push(log.tail());
-        }
+        let bodies = (0..20).map(|i| format!("message {i};"));
+        let (log, expected, boundaries) = stream_of(&*engine, bodies).await;
         let tail = log.tail();
         assert!(
             log.reads_block_from(tail.bytes),
