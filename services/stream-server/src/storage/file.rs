@@ -18,13 +18,13 @@
 //! into the page cache (a few microseconds; large records first tell the
 //! runtime the thread will block). Every append is thus written to the OS
 //! before it is acknowledged and survives a crash of the process.
-//! Syncing runs on the engine's I/O thread, never on the async runtime.
+//! Syncing runs on the engine's own threads, never on the async runtime.
 //! `file-durable` also queues each record for the shared journal and
 //! acknowledges once it is synced there: the records of all appends waiting
 //! together are written to the journal in one `pwrite` and made durable by
 //! one `fdatasync` (group commit); the logs themselves are synced when the
-//! journal checkpoints. `file-fast` syncs the logs written since the last
-//! pass every `sync_interval`.
+//! journal checkpoints. `file-fast`'s I/O thread syncs the logs written
+//! since its last pass every `sync_interval`.
 //! Reads `pread` only the records they need, found through a sparse index,
 //! so memory does not grow with stream size.
 
