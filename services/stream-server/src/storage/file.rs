@@ -87,12 +87,6 @@ pub enum Sync {
     Interval(Duration),
 }
 
-impl Sync {
-    fn is_durable(self) -> bool {
-        matches!(self, Sync::Journal { .. })
-    }
-}
-
 /// The smallest journal `Sync::Journal` accepts.
 pub const MIN_JOURNAL_BYTES: u64 = journal::MIN_CAPACITY;
 
@@ -280,7 +274,7 @@ impl Engine for FileEngine {
             meta: meta.clone(),
         };
         let meta_json = serde_json::to_vec_pretty(&meta_file).map_err(io)?;
-        let durable = self.syncer.sync.is_durable();
+        let durable = self.syncer.journal.is_some();
         let mut records = Vec::new();
         let mut tail = base;
         for messages in &initial {
@@ -343,9 +337,15 @@ fn write_durably(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
     write_file(&staging, contents, true).map_err(io)?;
     fs::rename(&staging, path).map_err(io)?;
     if let Some(parent) = path.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Makes the entries of directory `dir` (creations, renames, removals)
+/// durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 /// One stream's log file.
@@ -874,8 +874,8 @@ impl<'a> Records<'a> {
 /// group: one sync pass covers all of the group's logs.
 #[derive(Debug, Clone)]
 struct Syncer {
-    sync: Sync,
     requests: mpsc::Sender<IoRequest>,
+    /// `file-durable` only.
     journal: Option<journal::Shards>,
 }
 
@@ -902,10 +902,11 @@ enum IoRequest {
 
 impl Syncer {
     fn start(sync: Sync, journal: Option<journal::Shards>) -> Result<Self, StorageError> {
+        let durable = journal.is_some();
         let (requests, incoming) = mpsc::channel();
         std::thread::Builder::new()
             .name("log-io".into())
-            .spawn(move || io_loop(&incoming, sync))
+            .spawn(move || io_loop(&incoming, durable))
             .map_err(io)?;
         if let Sync::Interval(every) = sync {
             let ticks = requests.clone();
@@ -918,11 +919,7 @@ impl Syncer {
                 })
                 .map_err(io)?;
         }
-        Ok(Syncer {
-            sync,
-            requests,
-            journal,
-        })
+        Ok(Syncer { requests, journal })
     }
 
     fn send(&self, request: impl FnOnce(Reply) -> IoRequest) -> Result<Commit, StorageError> {
@@ -967,7 +964,7 @@ impl Syncer {
     }
 }
 
-fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
+fn io_loop(incoming: &mpsc::Receiver<IoRequest>, durable: bool) {
     // file-fast: logs written since the last pass, by stream id.
     let mut unsynced: HashMap<u64, (Arc<File>, Arc<AtomicBool>)> = HashMap::new();
     while let Ok(first) = incoming.recv() {
@@ -980,7 +977,7 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, sync: Sync) {
             match request {
                 IoRequest::Remove(job, reply) => {
                     unsynced.remove(&job.id);
-                    let _ = reply.send(remove_stream(&job, sync));
+                    let _ = reply.send(remove_stream(&job, durable));
                 }
                 IoRequest::Filesystem(file, reply) => {
                     whole_filesystem = Some(file);
@@ -1030,12 +1027,10 @@ fn blocking_if_large<T>(len: usize, write: impl FnOnce() -> T) -> T {
 }
 
 /// Deletes a stream: an atomic rename into trash, then the removal.
-fn remove_stream(job: &RemoveJob, sync: Sync) -> Result<(), StorageError> {
+fn remove_stream(job: &RemoveJob, durable: bool) -> Result<(), StorageError> {
     fs::rename(&job.dir, &job.trash).map_err(io)?;
-    if sync.is_durable()
-        && let Some(parent) = job.dir.parent()
-    {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    if durable && let Some(parent) = job.dir.parent() {
+        sync_dir(parent)?;
     }
     fs::remove_dir_all(&job.trash).map_err(io)
 }

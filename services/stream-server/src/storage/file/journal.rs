@@ -28,7 +28,7 @@
 //!   hold); then the logs are synced and the journal is replaced by a fresh
 //!   one, so entries from before a restart never replay again.
 
-use super::{HEADER, LOG_FILE, Records, Reply, io, sync_all};
+use super::{HEADER, LOG_FILE, Records, Reply, io, sync_all, sync_dir};
 use crate::storage::StorageError;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -99,9 +99,7 @@ impl Shards {
         }
         let dir = data_dir.join(JOURNAL_DIR);
         fs::rename(&staging, &dir).map_err(io)?;
-        File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        sync_dir(data_dir)?;
         let mut senders = Vec::new();
         for shard in 0..shards {
             let file = fs::OpenOptions::new()
@@ -372,7 +370,7 @@ fn replay_shard(
 /// [`replay`] first.
 pub fn remove(data_dir: &Path) -> Result<(), StorageError> {
     match fs::remove_dir_all(data_dir.join(JOURNAL_DIR)) {
-        Ok(()) => File::open(data_dir).and_then(|d| d.sync_all()).map_err(io),
+        Ok(()) => sync_dir(data_dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(e)),
     }
