@@ -31,26 +31,11 @@ async fn the_quickstart_shows_what_the_server_answers() {
     );
 
     // Append data, twice.
-    let first = send(
-        server
-            .post(PATH)
-            .header("content-type", "text/plain")
-            .body("hello world"),
-    )
-    .await;
-    assert_eq!(first.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        header(&first, "stream-next-offset").as_deref(),
-        Some("0000000000000001_000000000000000b")
+        server.append(PATH, "text/plain", "hello world").await,
+        "0000000000000001_000000000000000b"
     );
-    let second = send(
-        server
-            .post(PATH)
-            .header("content-type", "text/plain")
-            .body("second message"),
-    )
-    .await;
-    assert_eq!(second.status(), StatusCode::NO_CONTENT);
+    server.append(PATH, "text/plain", "second message").await;
 
     // Read everything.
     let read = send(server.get(PATH).query(&[("offset", "-1")])).await;
@@ -100,14 +85,7 @@ async fn the_quickstart_shows_what_the_server_answers() {
     assert!(control["streamCursor"].is_string(), "{control}");
 
     // An append from elsewhere arrives at once.
-    let live = send(
-        server
-            .post(PATH)
-            .header("content-type", "text/plain")
-            .body("live update"),
-    )
-    .await;
-    assert_eq!(live.status(), StatusCode::NO_CONTENT);
+    server.append(PATH, "text/plain", "live update").await;
     let event = events
         .next_within(Duration::from_secs(2))
         .await
