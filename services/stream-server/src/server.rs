@@ -101,7 +101,14 @@ pub async fn serve(
         }
     });
 
-    let service = router.into_make_service();
+    // The connection hands over hyper's body type; the routes read axum's.
+    let service = tower::ServiceBuilder::new()
+        .map_request(|request: http::Request<hyper::body::Incoming>| {
+            request.map(axum::body::Body::new)
+        })
+        .service(router);
+    let service =
+        axum::ServiceExt::<http::Request<hyper::body::Incoming>>::into_make_service(service);
     match (&config.tls.cert_path, &config.tls.key_path) {
         (Some(cert), Some(key)) => {
             // Both crates may be linked with ring; choosing explicitly avoids

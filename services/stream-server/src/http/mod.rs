@@ -19,12 +19,17 @@ use crate::protocol::path::PathLimits;
 use crate::shutdown::ShutdownToken;
 use crate::streams::Streams;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::routing::{any, get};
+use bytes::Bytes;
 use error::ApiError;
+use http::Response;
 use http::{HeaderName, HeaderValue, Method};
+use http_body::Body as HttpBody;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tower::{Service, ServiceBuilder};
 use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -94,35 +99,63 @@ impl std::ops::Deref for AppState {
 
 /// The complete application: stream routes, health checks, CORS and the
 /// security headers every response carries (§12.7).
-pub fn app(state: AppState, cors_origins: Option<Vec<String>>) -> Router {
-    let stream_routes = any(dispatch);
-    let base = state.settings.base_path.clone();
-    Router::new()
+///
+/// The middleware wraps the router instead of being added with
+/// `Router::layer`, which would wrap every route in each layer separately:
+/// per request, that is a boxed clone and a boxed future for every layer.
+pub fn app(
+    state: AppState,
+    cors_origins: Option<Vec<String>>,
+) -> impl Service<
+    Request,
+    Response = Response<impl HttpBody<Data = Bytes, Error = axum::Error> + Send + 'static>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let stream_route: Arc<str> = format!("{}/{{*path}}", state.settings.base_path).into();
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route(&format!("{base}/{{*path}}"), stream_routes)
+        .route(&stream_route, any(dispatch))
         .fallback(|| async { ApiError::NoRoute })
-        .with_state(state)
-        .layer(cors(cors_origins))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
+        .with_state(state);
+    let span = move |request: &Request| {
+        let route = route_of(&stream_route, request.uri().path());
+        // Debug level: a span per request is measurable at tens of
+        // thousands of requests per second, so it is opt-in.
+        tracing::debug_span!("request", method = %request.method(), route)
+    };
+    ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http().make_span_with(span))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
         ))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                // Debug level: a span per request is measurable at tens of
-                // thousands of requests per second, so it is opt-in.
-                tracing::debug_span!("request", method = %request.method(), route)
-            }),
-        )
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(cors(cors_origins))
+        .service(routes)
+}
+
+/// The route pattern a request path falls under, for request spans: the
+/// pattern rather than the path keeps stream names out of logs.
+fn route_of<'a>(stream_route: &'a str, path: &'a str) -> &'a str {
+    let base = stream_route.trim_end_matches("/{*path}");
+    match path {
+        "/healthz" | "/readyz" => path,
+        _ if path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')) =>
+        {
+            stream_route
+        }
+        _ => "unmatched",
+    }
 }
 
 /// Routes a stream URL by method; anything else is 405.
@@ -147,4 +180,19 @@ async fn dispatch(
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {
     use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
     service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn spans_name_the_route_not_the_stream() {
+        let streams = "/v1/stream/{*path}";
+        assert_eq!(route_of(streams, "/v1/stream/orders/eu"), streams);
+        assert_eq!(route_of(streams, "/healthz"), "/healthz");
+        assert_eq!(route_of(streams, "/v1/stream/"), "unmatched");
+        assert_eq!(route_of(streams, "/v1/streams/x"), "unmatched");
+        assert_eq!(route_of(streams, "/metrics"), "unmatched");
+    }
 }
