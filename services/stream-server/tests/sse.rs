@@ -265,6 +265,36 @@ async fn connections_end_after_the_reconnect_interval() {
     );
 }
 
+/// The reconnect interval ends a connection that never waits for news
+/// too: a subscriber fed an append every 20 ms is still let go on time.
+#[tokio::test]
+async fn busy_connections_end_after_the_reconnect_interval() {
+    let server = server_with_interval(0.5).await;
+    let start = server.create("t", "text/plain").await;
+    let opened = Instant::now();
+    let mut events = open_sse(&server, "t", &start).await;
+    assert_open_control(&events.expect_event().await, &start, true);
+    let mut delivered = 0;
+    let ended = 'connection: loop {
+        server.append("t", "text/plain", "tick").await;
+        // The append's data event, then its control event.
+        loop {
+            match events.next_within(Duration::from_secs(3)).await {
+                None => break 'connection opened.elapsed(),
+                Some(event) if event.event == "data" => delivered += 1,
+                Some(_) => break,
+            }
+        }
+        assert!(opened.elapsed() < Duration::from_secs(3), "never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(delivered >= 5, "only {delivered} appends delivered");
+    assert!(
+        ended >= Duration::from_millis(450) && ended < Duration::from_secs(2),
+        "the connection lasted {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn sse_request_errors() {
     let server = server_with_interval(10.0).await;

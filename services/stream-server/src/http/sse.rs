@@ -7,19 +7,20 @@ use super::error::ApiError;
 use super::read::start_of;
 use super::request::ReadQuery;
 use crate::protocol::offset::Offset;
-use crate::protocol::sse::{Control, DataEncoding, control_event, data_event};
+use crate::protocol::sse::{Control, DataEncoding, put_control_event, put_data_event};
 use crate::protocol::{cursor, headers, json};
-use crate::shutdown::ShutdownToken;
 use crate::streams::{ReadResult, Stream, StreamError, Tail};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 pub async fn read(
     state: AppState,
@@ -37,9 +38,9 @@ pub async fn read(
         changes: stream.subscribe(),
         from,
         cursor: cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng()),
-        deadline: Instant::now() + state.settings.sse_reconnect_interval,
+        deadline: Box::pin(tokio::time::sleep(state.settings.sse_reconnect_interval)),
         max_read_bytes: state.settings.max_read_bytes,
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         encoding,
         stream,
         started: false,
@@ -66,14 +67,20 @@ pub async fn read(
 }
 
 /// One SSE connection's position and state.
+///
+/// The deadline and the shutdown signal are futures made once per
+/// connection and polled again at every wait, rather than made at every
+/// wait: each making registers a timer or a waiter, and with a thousand
+/// subscribers that is a thousand registrations per append.
 struct Session {
     stream: Arc<Stream>,
     changes: watch::Receiver<Tail>,
     from: Offset,
     cursor: u64,
-    deadline: Instant,
+    /// When the connection ends so the client reconnects (§10.2).
+    deadline: Pin<Box<Sleep>>,
     max_read_bytes: usize,
-    shutdown: ShutdownToken,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     encoding: DataEncoding,
     /// Something has been sent (an empty stream still gets a first control).
     started: bool,
@@ -86,7 +93,8 @@ impl Session {
     async fn next_event(&mut self) -> Option<Bytes> {
         while !self.finished {
             // Even a stream with data always pending ends on time (§10.2).
-            if self.started && Instant::now() >= self.deadline {
+            // The clock, not the timer: the timer only fires once polled.
+            if self.started && Instant::now() >= self.deadline.deadline() {
                 return None;
             }
             let read = self
@@ -104,8 +112,8 @@ impl Session {
                         return None;
                     }
                 }
-                () = tokio::time::sleep_until(self.deadline) => return None,
-                () = self.shutdown.cancelled() => return None,
+                () = &mut self.deadline => return None,
+                () = &mut self.shutdown => return None,
             }
         }
         None
@@ -124,21 +132,24 @@ impl Session {
         if self.stream.config.is_json() {
             if !read.slice.is_empty() {
                 let array = json::array_body(read.slice.data);
-                out.extend_from_slice(&data_event(&array, self.encoding));
+                put_data_event(&mut out, &array, self.encoding);
             }
         } else if self.encoding == DataEncoding::Text {
             for message in read.slice.messages() {
-                out.extend_from_slice(&data_event(&message, self.encoding));
+                put_data_event(&mut out, &message, self.encoding);
             }
         } else if !read.slice.is_empty() {
-            out.extend_from_slice(&data_event(&read.slice.data, self.encoding));
+            put_data_event(&mut out, &read.slice.data, self.encoding);
         }
-        out.extend_from_slice(&control_event(&Control {
-            stream_next_offset: next.to_string(),
-            stream_cursor: (!closed).then(|| self.cursor.to_string()),
-            up_to_date,
-            stream_closed: closed,
-        }));
+        put_control_event(
+            &mut out,
+            &Control {
+                stream_next_offset: next.to_string(),
+                stream_cursor: (!closed).then(|| self.cursor.to_string()),
+                up_to_date,
+                stream_closed: closed,
+            },
+        );
         self.from = next;
         self.finished = closed;
         out.freeze()

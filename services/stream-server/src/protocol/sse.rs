@@ -32,10 +32,11 @@ impl DataEncoding {
 /// Length of base64 text per `data:` line (a multiple of 4).
 const BASE64_LINE: usize = 76 * 4;
 
-/// Frames `pieces` (consecutive parts of one batch) as one `data` event.
-pub fn data_event(pieces: &[Bytes], encoding: DataEncoding) -> Bytes {
+/// Frames `pieces` (consecutive parts of one batch) as one `data` event at
+/// the end of `out`, so a read's events share one buffer.
+pub fn put_data_event(out: &mut BytesMut, pieces: &[Bytes], encoding: DataEncoding) {
     let len: usize = pieces.iter().map(Bytes::len).sum();
-    let mut out = BytesMut::with_capacity(len * 4 / 3 + len / 8 + 32);
+    out.reserve(len * 4 / 3 + len / 8 + 32);
     out.put_slice(b"event: data\n");
     match encoding {
         DataEncoding::Text => {
@@ -89,7 +90,6 @@ pub fn data_event(pieces: &[Bytes], encoding: DataEncoding) -> Bytes {
         }
     }
     out.put_u8(b'\n');
-    out.freeze()
 }
 
 /// The fields of a `control` event.
@@ -105,14 +105,12 @@ pub struct Control {
     pub stream_closed: bool,
 }
 
-/// Frames a `control` event.
-pub fn control_event(control: &Control) -> Bytes {
-    let json = serde_json::to_string(control).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(json.len() + 24);
+/// Frames a `control` event at the end of `out`.
+pub fn put_control_event(out: &mut BytesMut, control: &Control) {
     out.put_slice(b"event: control\ndata:");
-    out.put_slice(json.as_bytes());
+    // Serializing these fields cannot fail: strings and booleans only.
+    let _ = serde_json::to_writer((&mut *out).writer(), control);
     out.put_slice(b"\n\n");
-    out.freeze()
 }
 
 #[cfg(test)]
@@ -122,7 +120,9 @@ mod tests {
 
     fn text(pieces: &[&str]) -> String {
         let pieces: Vec<Bytes> = pieces.iter().map(|p| Bytes::from(p.to_string())).collect();
-        String::from_utf8(data_event(&pieces, DataEncoding::Text).to_vec()).unwrap()
+        let mut out = BytesMut::new();
+        put_data_event(&mut out, &pieces, DataEncoding::Text);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     /// What an SSE client reconstructs from one event's `data:` lines.
@@ -156,11 +156,13 @@ mod tests {
 
     #[test]
     fn binary_is_base64() {
-        let event = data_event(
+        let mut event = BytesMut::from(&b"before\n"[..]);
+        put_data_event(
+            &mut event,
             &[Bytes::from_static(&[1, 2, 3, 4, 5, 6])],
             DataEncoding::Base64,
         );
-        assert_eq!(&event[..], b"event: data\ndata:AQIDBAUG\n\n");
+        assert_eq!(&event[..], b"before\nevent: data\ndata:AQIDBAUG\n\n");
     }
 
     #[test]
@@ -171,8 +173,10 @@ mod tests {
             up_to_date: true,
             stream_closed: false,
         };
+        let mut event = BytesMut::new();
+        put_control_event(&mut event, &open);
         assert_eq!(
-            &control_event(&open)[..],
+            &event[..],
             b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
         );
     }
