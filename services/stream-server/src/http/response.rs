@@ -53,7 +53,7 @@ pub const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 /// Sets `Stream-Next-Offset`.
 pub fn set_next_offset(map: &mut HeaderMap, next: Offset) {
-    if let Ok(value) = HeaderValue::from_str(&next.to_string()) {
+    if let Ok(value) = HeaderValue::from_bytes(&next.encode()) {
         map.insert(headers::STREAM_NEXT_OFFSET, value);
     }
 }

@@ -42,11 +42,26 @@ impl Offset {
     pub fn new(messages: u64, bytes: u64) -> Self {
         Offset { messages, bytes }
     }
+
+    /// The rendered token as ASCII bytes. Every response carries one, so
+    /// this writes the digits directly instead of going through `fmt`.
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'_'; ENCODED_LEN];
+        for (field, value) in [(0, self.messages), (17, self.bytes)] {
+            for i in 0..16 {
+                out[field + i] = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}_{:016x}", self.messages, self.bytes)
+        let encoded = self.encode();
+        // Hex digits and '_' only: always ASCII.
+        f.write_str(std::str::from_utf8(&encoded).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -139,6 +154,12 @@ mod tests {
         fn render_parse_round_trip(m: u64, b: u64) {
             let offset = Offset::new(m, b);
             prop_assert_eq!(offset.to_string().parse::<Offset>(), Ok(offset));
+        }
+
+        #[test]
+        fn encoding_is_two_zero_padded_lowercase_hex_numbers(m: u64, b: u64) {
+            let offset = Offset::new(m, b);
+            prop_assert_eq!(offset.to_string(), format!("{m:016x}_{b:016x}"));
         }
 
         #[test]

@@ -17,6 +17,9 @@ use std::sync::Arc;
 /// Appends reserve at least this much buffer, so small appends share one
 /// allocation and reads return few, large pieces.
 const BUFFER_CHUNK: usize = 64 * 1024;
+/// Each new buffer of a stream doubles the last, up to this much, so a
+/// large stream is held in few pieces without much unused capacity.
+const MAX_BUFFER_CHUNK: usize = 1024 * 1024;
 
 /// The engine of `DS_STORAGE__MODE=memory`.
 #[derive(Debug, Default)]
@@ -92,7 +95,12 @@ impl MemoryLog {
         let start = inner.ends.last().copied().unwrap_or(self.base.bytes);
         let data = &messages.encoded;
         if inner.pending.capacity() - inner.pending.len() < data.len() {
-            inner.pending.reserve(data.len().max(BUFFER_CHUNK));
+            // A full buffer becomes a frozen piece and the append starts a
+            // new one: growing the buffer instead would copy everything
+            // pending since the last read into a larger allocation.
+            let next = (inner.pending.capacity() * 2).clamp(BUFFER_CHUNK, MAX_BUFFER_CHUNK);
+            inner.freeze_pending(self.base.bytes);
+            inner.pending = BytesMut::with_capacity(next.max(data.len()));
         }
         inner.pending.extend_from_slice(data);
         inner
@@ -210,5 +218,64 @@ impl Inner {
             out.push(piece.data.slice(lo..hi));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize, seed: u8) -> JsonMessages {
+        JsonMessages {
+            encoded: (0..len).map(|i| seed.wrapping_add(i as u8)).collect(),
+            ends: vec![len],
+        }
+    }
+
+    /// Appends that overflow one buffer after another, never read in
+    /// between, come back whole from every boundary with any budget.
+    #[test]
+    fn reads_across_buffers_filled_without_reads() {
+        let log = MemoryLog::new(Offset::ZERO);
+        let mut expected = Vec::new();
+        let mut boundaries = vec![0u64];
+        let sizes = [
+            1000,
+            70_000,
+            3,
+            BUFFER_CHUNK,
+            40_000,
+            2 * MAX_BUFFER_CHUNK,
+            17,
+        ];
+        for (seed, &len) in sizes.iter().cycle().take(40).enumerate() {
+            let appended = message(len, seed as u8);
+            expected.extend_from_slice(&appended.encoded);
+            let tail = log.append(&appended);
+            boundaries.push(tail.bytes);
+        }
+        let tail = log.tail();
+        assert_eq!(tail.bytes, expected.len() as u64);
+        for (i, &start) in boundaries.iter().enumerate() {
+            for budget in [1, 50_000, 300_000, usize::MAX] {
+                let mut at = Offset::new(i as u64, start);
+                let mut read = Vec::new();
+                while at.bytes < tail.bytes {
+                    let slice = log.read(at, tail.bytes, budget).expect("read");
+                    assert!(slice.next > at, "a read makes progress");
+                    assert!(boundaries.contains(&slice.next.bytes), "ends on a boundary");
+                    slice
+                        .data
+                        .iter()
+                        .for_each(|piece| read.extend_from_slice(piece));
+                    at = slice.next;
+                }
+                assert_eq!(at, tail);
+                assert!(
+                    read == expected[start as usize..],
+                    "bytes from {start}, budget {budget}"
+                );
+            }
+        }
     }
 }
