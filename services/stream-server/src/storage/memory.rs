@@ -1,9 +1,10 @@
 //! The in-memory engine: nothing on disk, every commit immediate.
 //!
-//! Appended bytes are copied once into a growing buffer that is shared,
-//! never copied again: a read freezes whatever was appended since the last
-//! read into an immutable [`Bytes`] piece (same allocation, no copy) and
-//! answers with cheap slices of those pieces. The end position of every
+//! Appended bytes are copied once into a buffer and never copied again: a
+//! read freezes whatever was appended since the last read into an
+//! immutable [`Bytes`] piece (same allocation, no copy) and answers with
+//! cheap slices of those pieces; a buffer that fills up is frozen the same
+//! way and the next append starts a new one. The end position of every
 //! message is kept so reads stop on message boundaries and offsets can be
 //! checked.
 
