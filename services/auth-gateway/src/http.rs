@@ -17,8 +17,10 @@ use axum::routing::{any, get};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
 use percent_encoding::percent_decode_str;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tower::{Service, ServiceBuilder};
 use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -34,21 +36,29 @@ pub struct Gateway {
 pub type SharedGateway = Arc<Gateway>;
 
 /// The complete application.
-pub fn app(gateway: SharedGateway) -> Router {
+///
+/// The middleware wraps the router instead of being added with
+/// `Router::layer`, which would wrap every route in each layer separately:
+/// per request, that is a boxed clone and a boxed future for every layer.
+pub fn app(
+    gateway: SharedGateway,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send>
++ Clone
++ Send
++ Sync
++ 'static {
     let base = gateway.config.http.stream_base_path.clone();
     let cors = cors(gateway.config.cors_origins());
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .nest("/admin", admin::routes())
         .route(&format!("{base}/{{*path}}"), any(stream))
         .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
-        .with_state(gateway)
-        .layer(cors)
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
+        .with_state(gateway);
+    ServiceBuilder::new()
+        // axum's server takes its own body type.
+        .map_response(IntoResponse::into_response)
         .layer(
             // Spans name the path only: a query may carry `access_token`.
             // Debug level: a span per request costs several percent of
@@ -57,6 +67,12 @@ pub fn app(gateway: SharedGateway) -> Router {
                 tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
             }),
         )
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(cors)
+        .service(routes)
 }
 
 fn cors(origins: Option<Vec<String>>) -> CorsLayer {

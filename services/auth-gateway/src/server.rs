@@ -117,12 +117,15 @@ pub async fn serve(
         tracing::info!("shutting down; waiting up to {grace:?} for open requests");
         let _ = started_tx.send(());
     };
-    let server = axum::serve(
-        listener,
-        app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .into_future();
+    let server =
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app(gateway.clone())),
+        )
+        .with_graceful_shutdown(signal)
+        .into_future();
     // Live reads (SSE, long-poll) may never finish on their own.
     let grace_over = async move {
         if started_rx.await.is_ok() {

@@ -409,7 +409,10 @@ async fn unreachable_postgres_fails_closed_with_503() {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, auth_gateway::http::app(gateway)).await });
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(
+        auth_gateway::http::app(gateway),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
 
     let token = keys
         .sign(&Claims {
