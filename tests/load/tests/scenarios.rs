@@ -112,6 +112,8 @@ async fn append_in_every_mode() {
             body_size: 128,
             mode,
             batch: 5,
+            // The server runs in this process: its CPU time is ours.
+            server_pid: (mode == AppendMode::Plain).then(std::process::id),
         };
         let outcome = append::run(&context(&server, Duration::from_millis(700)), &options)
             .await
@@ -125,6 +127,15 @@ async fn append_in_every_mode() {
         assert_eq!(outcome.latency.count, outcome.appends);
         let per_append = if mode == AppendMode::Json { 5 } else { 1 };
         assert_eq!(outcome.messages, outcome.appends * per_append);
+        match (mode, outcome.server_cpu) {
+            (AppendMode::Plain, Some(cpu)) => {
+                assert!(cpu.total_us_per_append > 0.0, "{cpu:?}");
+                let parts = cpu.user_us_per_append + cpu.system_us_per_append;
+                assert!((cpu.total_us_per_append - parts).abs() < 1e-9, "{cpu:?}");
+            }
+            (AppendMode::Plain, None) => panic!("no server CPU with --server-pid"),
+            (_, cpu) => assert!(cpu.is_none(), "{mode:?}: CPU without --server-pid"),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::progress::{Counters, Progress};
 use crate::protocol::{self, JSON, OCTET_STREAM, Producer, append_to_stream, create_stream};
 use crate::report::{Headline, Outcome, Row, errors_as_notes, latency_rows, rate_row};
 use crate::stats::{ErrorTally, LatencyRecorder, LatencySummary};
+use crate::system::{CpuTime, cpu_time};
 use crate::units::{format_count, parse_byte_size};
 use anyhow::{Context, ensure};
 use bytes::Bytes;
@@ -61,6 +62,10 @@ pub struct AppendOptions {
     /// Messages per append in json mode.
     #[arg(long, default_value_t = 10)]
     pub batch: usize,
+    /// The server's process id, to report its CPU time per append
+    /// (Linux; the server must run on this machine).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 impl AppendOptions {
@@ -108,6 +113,33 @@ pub struct AppendOutcome {
     pub producer_duplicates: u64,
     /// TCP connections opened (C unless the server closed some).
     pub connections_opened: u64,
+    /// The server's CPU time per successful append, when `--server-pid`
+    /// was given.
+    pub server_cpu: Option<ServerCpu>,
+}
+
+/// CPU time the server spent per successful append while the load ran.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerCpu {
+    pub user_us_per_append: f64,
+    pub system_us_per_append: f64,
+    pub total_us_per_append: f64,
+}
+
+impl ServerCpu {
+    fn between(before: CpuTime, after: CpuTime, appends: u64) -> Option<Self> {
+        if appends == 0 {
+            return None;
+        }
+        let per_append = |seconds: f64| seconds * 1e6 / appends as f64;
+        let user = per_append(after.user_s - before.user_s);
+        let system = per_append(after.system_s - before.system_s);
+        Some(ServerCpu {
+            user_us_per_append: user,
+            system_us_per_append: system,
+            total_us_per_append: user + system,
+        })
+    }
 }
 
 impl Outcome for AppendOutcome {
@@ -132,6 +164,15 @@ impl Outcome for AppendOutcome {
             "connections opened".to_owned(),
             format_count(self.connections_opened),
         ));
+        if let Some(cpu) = self.server_cpu {
+            rows.push((
+                "server CPU per append".to_owned(),
+                format!(
+                    "{:.1} µs (user {:.1}, system {:.1})",
+                    cpu.total_us_per_append, cpu.user_us_per_append, cpu.system_us_per_append
+                ),
+            ));
+        }
         rows
     }
 
@@ -178,6 +219,10 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
     ensure!(options.body_size > 0, "--body-size must be at least 1 byte");
     ensure!(options.batch > 0, "--batch must be at least 1");
     let body_size = usize::try_from(options.body_size).context("--body-size is too large")?;
+    if let Some(pid) = options.server_pid {
+        // Refuse a wrong pid before creating any stream.
+        cpu_time(pid)?;
+    }
 
     let content_type = match options.mode {
         AppendMode::Json => JSON,
@@ -210,6 +255,7 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
     });
     let counters = Counters::default();
     let progress = Progress::start("append", "appends", counters.clone(), context.quiet);
+    let cpu_before = options.server_pid.map(cpu_time).transpose()?;
     let start = Instant::now();
     let deadline = start + context.duration;
     let workers = (0..options.connections)
@@ -224,6 +270,7 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
         .collect();
     let tallies = join_workers(workers).await;
     let elapsed_s = seconds_since(start);
+    let cpu_after = options.server_pid.map(cpu_time).transpose()?;
     progress.finish();
     context.remove_streams(&plan.streams).await;
     let tallies = tallies?;
@@ -252,6 +299,9 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
         errors,
         producer_duplicates: duplicates,
         connections_opened: opened,
+        server_cpu: cpu_before
+            .zip(cpu_after)
+            .and_then(|(before, after)| ServerCpu::between(before, after, appends)),
     })
 }
 
@@ -358,6 +408,23 @@ mod tests {
     }
 
     #[test]
+    fn server_cpu_is_divided_by_successful_appends() {
+        let before = CpuTime {
+            user_s: 1.0,
+            system_s: 2.0,
+        };
+        let after = CpuTime {
+            user_s: 1.5,
+            system_s: 2.25,
+        };
+        let cpu = ServerCpu::between(before, after, 50_000).expect("appends were made");
+        assert!((cpu.user_us_per_append - 10.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.system_us_per_append - 5.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.total_us_per_append - 15.0).abs() < 1e-9, "{cpu:?}");
+        assert!(ServerCpu::between(before, after, 0).is_none());
+    }
+
+    #[test]
     fn case_names_the_parameters() {
         let options = AppendOptions {
             connections: 16,
@@ -365,6 +432,7 @@ mod tests {
             body_size: 256,
             mode: AppendMode::Json,
             batch: 10,
+            server_pid: None,
         };
         assert_eq!(options.case(), "16c×4s×256B json×10");
         assert_eq!(options.messages_per_append(), 10);
