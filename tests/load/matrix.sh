@@ -7,6 +7,7 @@
 #
 # Results go to RESULTS_DIR (default target/load-results/<timestamp>/):
 #   results.jsonl   one JSON record per run, as ds-load --json writes them
+#                   (append runs include the server's CPU time per append)
 #   results.json    the same records as one JSON array
 #   results.md      a markdown table of every run
 #   chart.svg       throughput and p99 latency per target and case
@@ -135,12 +136,15 @@ wait_ready() {
 run_scenarios() {
   local label="$1" url="$2" pid="${3:-}"
   local common=(--url "$url" --label "$label" --duration "$DURATION" --json "$results" --quiet)
+  # With the server's pid, append runs also record its CPU time per append.
+  local server=()
+  [ -n "$pid" ] && server=(--server-pid "$pid")
   say "$label ($url)"
   for scenario in $SCENARIOS; do
     local args
     case "$scenario" in
-      append16) args=(append --connections 16 --streams 16 --body-size 256) ;;
-      append64) args=(append --connections 64 --streams 64 --body-size 256) ;;
+      append16) args=(append --connections 16 --streams 16 --body-size 256 "${server[@]}") ;;
+      append64) args=(append --connections 64 --streams 64 --body-size 256 "${server[@]}") ;;
       read) args=(read --stream-size 1MiB --connections 8) ;;
       live100) args=(live --transport sse --subscribers 100 --rate "$LIVE_RATE") ;;
       live1000) args=(live --transport sse --subscribers 1000 --rate "$LIVE_RATE") ;;
@@ -157,9 +161,7 @@ run_scenarios() {
     fi
   done
   if [ "$FANOUT_SUBSCRIBERS" -gt 0 ]; then
-    local memory=()
-    [ -n "$pid" ] && memory=(--server-pid "$pid")
-    if ! "$ds_load" fanout --subscribers "$FANOUT_SUBSCRIBERS" "${memory[@]}" "${common[@]}" \
+    if ! "$ds_load" fanout --subscribers "$FANOUT_SUBSCRIBERS" "${server[@]}" "${common[@]}" \
       >>"$logs/$label.ds-load.txt" 2>&1; then
       say "$label: fanout failed (see $logs/$label.ds-load.txt)"
       failures=$((failures + 1))
