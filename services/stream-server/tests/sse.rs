@@ -249,13 +249,21 @@ async fn closed_stream_at_tail_sends_one_control_and_ends() {
     assert!(events.next().await.is_none());
 }
 
-#[tokio::test]
-async fn connections_end_after_the_reconnect_interval() {
-    let server = server_with_interval(0.4).await;
+/// A server whose SSE responses end after `secs`, an empty text stream
+/// `t` on it, and an SSE connection following `t` from its tail (its first
+/// control event already read), with the time it was opened.
+async fn follow_new_stream(secs: f64) -> (TestServer, SseReader, Instant) {
+    let server = server_with_interval(secs).await;
     let start = server.create("t", "text/plain").await;
     let opened = Instant::now();
     let mut events = open_sse(&server, "t", &start).await;
     assert_open_control(&events.expect_event().await, &start, true);
+    (server, events, opened)
+}
+
+#[tokio::test]
+async fn connections_end_after_the_reconnect_interval() {
+    let (_server, mut events, opened) = follow_new_stream(0.4).await;
     let end = events.next_within(Duration::from_secs(3)).await;
     assert!(end.is_none(), "no events without appends: {end:?}");
     let lasted = opened.elapsed();
@@ -269,11 +277,7 @@ async fn connections_end_after_the_reconnect_interval() {
 /// too: a subscriber fed an append every 20 ms is still let go on time.
 #[tokio::test]
 async fn busy_connections_end_after_the_reconnect_interval() {
-    let server = server_with_interval(0.5).await;
-    let start = server.create("t", "text/plain").await;
-    let opened = Instant::now();
-    let mut events = open_sse(&server, "t", &start).await;
-    assert_open_control(&events.expect_event().await, &start, true);
+    let (server, mut events, opened) = follow_new_stream(0.5).await;
     let mut delivered = 0;
     let ended = 'connection: loop {
         server.append("t", "text/plain", "tick").await;

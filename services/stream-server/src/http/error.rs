@@ -4,6 +4,7 @@
 //! was wrong, plus the protocol headers a client needs to react without
 //! parsing it (`Stream-Closed`, `Producer-Epoch`, ...).
 
+use super::response::{TRUE, set_next_offset};
 use crate::protocol::headers::{self, HeaderError};
 use crate::protocol::path::PathError;
 use crate::protocol::producer::ProducerRejection;
@@ -60,10 +61,8 @@ impl ApiError {
         let number = |n: u64| HeaderValue::from(n);
         match self {
             ApiError::Stream(StreamError::Closed { next }) => {
-                map.insert(headers::STREAM_CLOSED, HeaderValue::from_static("true"));
-                if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
-                    map.insert(headers::STREAM_NEXT_OFFSET, v);
-                }
+                map.insert(headers::STREAM_CLOSED, TRUE);
+                set_next_offset(&mut map, *next);
             }
             ApiError::Stream(StreamError::Producer(ProducerRejection::StaleEpoch {
                 current,
