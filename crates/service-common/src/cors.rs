@@ -1,9 +1,17 @@
 //! The CORS policy: preflights answered for every route, the given request
 //! headers allowed, the given response headers readable by scripts.
+//!
+//! tower-http's [`Cors`] applies it, to the requests that can need it (see
+//! [`BrowserCors`]): a response's CORS headers are read only by a browser,
+//! which always sends `Origin` with a cross-origin request, or by a cache
+//! that may hand the response to one later.
 
-use http::{HeaderName, HeaderValue, Method};
+use futures_util::future::Either;
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower::{Layer, Service};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer, ResponseFuture};
 
 /// Protocol request headers a browser may send (answered in preflights).
 pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 13] = [
@@ -62,7 +70,7 @@ pub fn layer(
     origins: Option<Vec<String>>,
     allowed: impl IntoIterator<Item = HeaderName>,
     exposed: impl IntoIterator<Item = HeaderName>,
-) -> CorsLayer {
+) -> BrowserCorsLayer {
     let allow_origin = match origins {
         None => AllowOrigin::any(),
         Some(list) => AllowOrigin::list(
@@ -71,7 +79,7 @@ pub fn layer(
                 .collect::<Vec<_>>(),
         ),
     };
-    CorsLayer::new()
+    let cors = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([
             Method::GET,
@@ -83,7 +91,75 @@ pub fn layer(
         ])
         .allow_headers(allowed.into_iter().collect::<Vec<_>>())
         .expose_headers(exposed.into_iter().collect::<Vec<_>>())
-        .max_age(Duration::from_secs(86_400))
+        .max_age(Duration::from_secs(86_400));
+    BrowserCorsLayer { cors }
+}
+
+/// Wraps a service in [`BrowserCors`].
+#[derive(Debug, Clone)]
+pub struct BrowserCorsLayer {
+    cors: CorsLayer,
+}
+
+impl<S: Clone> Layer<S> for BrowserCorsLayer {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        BrowserCors {
+            cors: self.cors.layer(inner.clone()),
+            plain: inner,
+        }
+    }
+}
+
+/// CORS for every request but writes that no browser sent.
+///
+/// A `POST`, `PUT` or `DELETE` without `Origin` goes straight to the inner
+/// service: no browser reads its response's CORS headers and no cache keeps
+/// it for one. For appends that is a fifth of the server's CPU per request
+/// (a header map built per request, `Vary` joined anew) and 400 bytes of
+/// headers per response. `GET` and `HEAD` always get the headers, since a
+/// shared cache may hand a catch-up read fetched without `Origin` to a
+/// browser; preflights (`OPTIONS`) are always answered.
+#[derive(Debug, Clone)]
+pub struct BrowserCors<S> {
+    cors: Cors<S>,
+    plain: S,
+}
+
+/// Whether a request is one whose response may reach a browser's CORS check.
+fn may_reach_a_browser<B>(request: &Request<B>) -> bool {
+    request.headers().contains_key(http::header::ORIGIN)
+        || !matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::DELETE
+        )
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BrowserCors<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<ResponseFuture<S::Future>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Either copy may take the request, so both must be ready.
+        match self.cors.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.plain.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if may_reach_a_browser(&request) {
+            Either::Left(self.cors.call(request))
+        } else {
+            Either::Right(self.plain.call(request))
+        }
+    }
 }
 
 #[cfg(test)]

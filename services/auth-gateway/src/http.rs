@@ -17,11 +17,11 @@ use axum::routing::{any, get};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
 use percent_encoding::percent_decode_str;
+use service_common::cors::BrowserCorsLayer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tower::{Service, ServiceBuilder};
-use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -75,7 +75,7 @@ pub fn app(
         .service(routes)
 }
 
-fn cors(origins: Option<Vec<String>>) -> CorsLayer {
+fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
     use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
     // Refusals must be readable too: their challenge and retry time.
     let exposed = PROTOCOL_RESPONSE_HEADERS

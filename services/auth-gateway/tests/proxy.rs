@@ -300,6 +300,53 @@ async fn cors_preflight_needs_no_token_and_refusals_are_readable() {
 }
 
 #[tokio::test]
+async fn browser_writes_get_one_set_of_cors_headers_and_others_none() {
+    let stack = Stack::start().await;
+    let token = stack.issue("alice", &["read", "write"], &["**"]).await;
+    let url = stack.url("chat/cors");
+    assert_eq!(
+        stack.create(&url, &token.token).await.status(),
+        StatusCode::CREATED
+    );
+    let append = |origin: Option<&str>| {
+        let mut request = stack
+            .client
+            .post(&url)
+            .bearer_auth(&token.token)
+            .header("content-type", "text/plain")
+            .body("x");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        common::send(request)
+    };
+
+    let from_a_page = append(Some("https://app.example")).await;
+    assert_eq!(from_a_page.status(), StatusCode::NO_CONTENT);
+    let allow_origin: Vec<_> = from_a_page
+        .headers()
+        .get_all("access-control-allow-origin")
+        .iter()
+        .collect();
+    assert_eq!(
+        allow_origin,
+        ["*"],
+        "the gateway's alone, not upstream's too"
+    );
+
+    let from_a_program = append(None).await;
+    assert_eq!(from_a_program.status(), StatusCode::NO_CONTENT);
+    assert!(
+        from_a_program
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(from_a_program.headers().get("stream-next-offset").is_some());
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn health_and_readiness() {
     let mut stack = Stack::start().await;
     let healthz = stack

@@ -320,6 +320,49 @@ async fn cors_exposes_protocol_response_headers() {
 }
 
 #[tokio::test]
+async fn cors_headers_go_to_writes_from_browsers_and_to_every_read() {
+    let server = TestServer::start().await;
+    server.create("s", "text/plain").await;
+    let allowed = |response: &Response| header(response, "access-control-allow-origin");
+
+    // A write no browser sent: nothing for a CORS check to read.
+    let plain = send(
+        server
+            .post("s")
+            .header("content-type", "text/plain")
+            .body("a"),
+    )
+    .await;
+    assert_eq!(plain.status(), StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&plain), None);
+    assert_eq!(header(&plain, "access-control-expose-headers"), None);
+    // The security headers are for every response.
+    assert_eq!(
+        header(&plain, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+
+    // The same write from a page.
+    let browser = send(
+        server
+            .post("s")
+            .header("content-type", "text/plain")
+            .header("origin", "https://app.example")
+            .body("b"),
+    )
+    .await;
+    assert_eq!(browser.status(), StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&browser).as_deref(), Some("*"));
+    assert!(list(&browser, "access-control-expose-headers").contains(&"stream-next-offset".into()));
+
+    // A read without Origin may be cached and served to a page later.
+    let read = send(server.get("s").query(&[("offset", "-1")])).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(allowed(&read).as_deref(), Some("*"));
+    assert_eq!(read.text().await.expect("body"), "ab");
+}
+
+#[tokio::test]
 async fn cors_origins_can_be_restricted() {
     let server = TestServer::start_with(|c| {
         c.http.cors_origins = "https://a.example, https://b.example".into()

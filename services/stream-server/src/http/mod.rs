@@ -26,11 +26,11 @@ use error::ApiError;
 use http::Response;
 use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as HttpBody;
+use service_common::cors::BrowserCorsLayer;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Service, ServiceBuilder};
-use tower_http::cors::CorsLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -177,7 +177,7 @@ async fn dispatch(
 
 /// CORS: preflights are answered for any stream URL, every protocol header
 /// may be sent, and every protocol header is readable by scripts.
-fn cors(origins: Option<Vec<String>>) -> CorsLayer {
+fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
     use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
     service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS)
 }
