@@ -4,6 +4,7 @@
 #
 #   tests/load/matrix.sh                    # everything, 10 s per run
 #   DURATION=3s PEERS=0 tests/load/matrix.sh
+#   ROUNDS=3 DURATION=5s tests/load/matrix.sh   # the whole matrix 3 times
 #
 # Results go to RESULTS_DIR (default target/load-results/<timestamp>/):
 #   results.jsonl   one JSON record per run, as ds-load --json writes them
@@ -12,10 +13,14 @@
 #   results.md      a markdown table of every run
 #   chart.svg       throughput and p99 latency per target and case
 #   machine.txt     where and when the matrix ran
-#   logs/           each server's log
+#   logs/           each server's log (logs/round-N/ with several rounds)
 #
 # Settings (environment):
 #   DURATION            load time of each run [10s]
+#   ROUNDS              times the whole matrix runs, one round after the
+#                       other, so each target's runs are spread over the
+#                       session [1]; tables and chart give each figure's
+#                       median over the rounds, and the throughput's range
 #   MODES               stream-server storage modes (empty: none)
 #                       ["memory file-fast file-durable acid"]
 #   SCENARIOS           runs per target (empty: none)
@@ -37,6 +42,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
 DURATION="${DURATION:-10s}"
+ROUNDS="${ROUNDS:-1}"
 MODES="${MODES-memory file-fast file-durable acid}"
 SCENARIOS="${SCENARIOS-append16 append64 read live100 live1000 churn}"
 LIVE_RATE="${LIVE_RATE:-100}"
@@ -59,6 +65,10 @@ failures=0
 
 say() { echo "matrix: $*" >&2; }
 
+case "$ROUNDS" in
+  '' | *[!0-9]* | 0) say "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"; exit 1 ;;
+esac
+
 mkdir -p "$logs"
 # Thousands of connections need file descriptors, in ds-load and servers.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || say "could not raise the open-files limit ($(ulimit -n))"
@@ -72,6 +82,7 @@ say "building ds-load and stream-server (release)"
   echo "host: $(uname -srm), $(nproc) cores, $(free -h | awk '/^Mem:/ {print $2}') memory"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "duration per run: $DURATION"
+  echo "rounds: $ROUNDS"
   echo "scenarios: $SCENARIOS"
   echo "open-files limit: $(ulimit -n)"
 } >"$RESULTS_DIR/machine.txt"
@@ -171,36 +182,38 @@ run_scenarios() {
 
 # --- our server --------------------------------------------------------------
 
-for mode in $MODES; do
-  label="ours-$mode"
-  scratch="$(mktemp -d)"
-  log="$logs/$label.log"
-  DS_SERVER__HOST=127.0.0.1 \
-  DS_SERVER__PORT=0 \
-  DS_STORAGE__MODE="$mode" \
-  DS_STORAGE__DATA_DIR="$scratch/data" \
-  NO_COLOR=1 \
-  RUST_LOG=stream_server=info \
-    "$root/target/release/stream-server" >"$log" 2>&1 &
-  server_pid=$!
-  url=""
-  for _ in $(seq 1 100); do
-    url="$(sed -n 's|.*listening on \(http://[^ ]*\).*|\1|p' "$log" | head -n 1)"
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
+measure_ours() {
+  for mode in $MODES; do
+    label="ours-$mode"
+    scratch="$(mktemp -d)"
+    log="$logs/$label.log"
+    DS_SERVER__HOST=127.0.0.1 \
+    DS_SERVER__PORT=0 \
+    DS_STORAGE__MODE="$mode" \
+    DS_STORAGE__DATA_DIR="$scratch/data" \
+    NO_COLOR=1 \
+    RUST_LOG=stream_server=info \
+      "$root/target/release/stream-server" >"$log" 2>&1 &
+    server_pid=$!
+    url=""
+    for _ in $(seq 1 100); do
+      url="$(sed -n 's|.*listening on \(http://[^ ]*\).*|\1|p' "$log" | head -n 1)"
+      [ -n "$url" ] && break
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [ -z "$url" ]; then
+      say "stream-server ($mode) did not report its address; skipping it"
+      tail -5 "$log" >&2 || true
+      failures=$((failures + 1))
+    elif wait_ready "$label" "$url" "$server_pid"; then
+      run_scenarios "$label" "$url" "$server_pid"
+    else
+      failures=$((failures + 1))
+    fi
+    stop_server
   done
-  if [ -z "$url" ]; then
-    say "stream-server ($mode) did not report its address; skipping it"
-    tail -5 "$log" >&2 || true
-    failures=$((failures + 1))
-  elif wait_ready "$label" "$url" "$server_pid"; then
-    run_scenarios "$label" "$url" "$server_pid"
-  else
-    failures=$((failures + 1))
-  fi
-  stop_server
-done
+}
 
 # --- peers -------------------------------------------------------------------
 
@@ -254,65 +267,82 @@ measure_peer() {
   failures=$((failures + 1))
 }
 
-for peer in $PEERS; do
-  case "$peer" in
-    node)
-      if ! install_node_peer; then
-        say "could not install the Node reference server; skipping it (log: $logs/install-node.log)"
-        continue
-      fi
-      measure_peer node-memory "http://127.0.0.1:@PORT@" \
-        node "$here/peers/node-server.mjs" --prefix "$peers_dir/node" --port @PORT@
-      measure_peer node-file "http://127.0.0.1:@PORT@" \
-        node "$here/peers/node-server.mjs" --prefix "$peers_dir/node" --port @PORT@ --data-dir @DATA@
-      ;;
-    electric)
-      if ! install_cargo_peer durable-streams "$ELECTRIC_PEER_VERSION" electric; then
-        say "could not install durable-streams $ELECTRIC_PEER_VERSION; skipping it (log: $logs/install-electric.log)"
-        continue
-      fi
-      for durability in wal memory; do
-        measure_peer "electric-$durability" "http://127.0.0.1:@PORT@" \
-          "$peers_dir/electric/bin/durable-streams-server" --host 127.0.0.1 --port @PORT@ \
-          --data-dir @DATA@ --durability "$durability"
-      done
-      ;;
-    ds030)
-      if ! install_cargo_peer durable-streams-server "$DS030_PEER_VERSION" ds030; then
-        say "could not install durable-streams-server $DS030_PEER_VERSION; skipping it (log: $logs/install-ds030.log)"
-        continue
-      fi
-      for mode in memory acid; do
-        # Its default limits (100 MB in memory, 10 MiB per stream) would end
-        # the append runs early; ours are 4 GiB and none.
-        measure_peer "ds030-$mode" "http://127.0.0.1:@PORT@/v1/stream" \
-          env DS_SERVER__BIND_ADDRESS="127.0.0.1:@PORT@" \
-          DS_STORAGE__MODE="$mode" DS_STORAGE__DATA_DIR=@DATA@ \
-          DS_LIMITS__MAX_MEMORY_BYTES=4294967296 DS_LIMITS__MAX_STREAM_BYTES=1073741824 \
-          DS_OBSERVABILITY__RUST_LOG=warn RUST_LOG=warn NO_COLOR=1 \
-          "$peers_dir/ds030/bin/durable-streams-server"
-      done
-      ;;
-    *) say "unknown peer $peer (known: node electric ds030)" ;;
-  esac
-done
+measure_peers() {
+  for peer in $PEERS; do
+    case "$peer" in
+      node)
+        if ! install_node_peer; then
+          say "could not install the Node reference server; skipping it (log: $logs/install-node.log)"
+          continue
+        fi
+        measure_peer node-memory "http://127.0.0.1:@PORT@" \
+          node "$here/peers/node-server.mjs" --prefix "$peers_dir/node" --port @PORT@
+        measure_peer node-file "http://127.0.0.1:@PORT@" \
+          node "$here/peers/node-server.mjs" --prefix "$peers_dir/node" --port @PORT@ --data-dir @DATA@
+        ;;
+      electric)
+        if ! install_cargo_peer durable-streams "$ELECTRIC_PEER_VERSION" electric; then
+          say "could not install durable-streams $ELECTRIC_PEER_VERSION; skipping it (log: $logs/install-electric.log)"
+          continue
+        fi
+        for durability in wal memory; do
+          measure_peer "electric-$durability" "http://127.0.0.1:@PORT@" \
+            "$peers_dir/electric/bin/durable-streams-server" --host 127.0.0.1 --port @PORT@ \
+            --data-dir @DATA@ --durability "$durability"
+        done
+        ;;
+      ds030)
+        if ! install_cargo_peer durable-streams-server "$DS030_PEER_VERSION" ds030; then
+          say "could not install durable-streams-server $DS030_PEER_VERSION; skipping it (log: $logs/install-ds030.log)"
+          continue
+        fi
+        for mode in memory acid; do
+          # Its default limits (100 MB in memory, 10 MiB per stream) would end
+          # the append runs early; ours are 4 GiB and none.
+          measure_peer "ds030-$mode" "http://127.0.0.1:@PORT@/v1/stream" \
+            env DS_SERVER__BIND_ADDRESS="127.0.0.1:@PORT@" \
+            DS_STORAGE__MODE="$mode" DS_STORAGE__DATA_DIR=@DATA@ \
+            DS_LIMITS__MAX_MEMORY_BYTES=4294967296 DS_LIMITS__MAX_STREAM_BYTES=1073741824 \
+            DS_OBSERVABILITY__RUST_LOG=warn RUST_LOG=warn NO_COLOR=1 \
+            "$peers_dir/ds030/bin/durable-streams-server"
+        done
+        ;;
+      *) say "unknown peer $peer (known: node electric ds030)" ;;
+    esac
+  done
+}
 
 # --- extra targets -------------------------------------------------------------
 
-for target in $EXTRA_TARGETS; do
-  label="${target%%=*}"
-  url="${target#*=}"
-  if [ "$label" = "$target" ] || [ -z "$url" ]; then
-    say "EXTRA_TARGETS entries look like label=url, not $target"
-    failures=$((failures + 1))
-    continue
+measure_extra_targets() {
+  for target in $EXTRA_TARGETS; do
+    label="${target%%=*}"
+    url="${target#*=}"
+    if [ "$label" = "$target" ] || [ -z "$url" ]; then
+      say "EXTRA_TARGETS entries look like label=url, not $target"
+      failures=$((failures + 1))
+      continue
+    fi
+    if "$ds_load" wait --url "$url" --timeout 30s >/dev/null; then
+      run_scenarios "$label" "$url"
+    else
+      say "$label is not ready at $url; skipping it"
+      failures=$((failures + 1))
+    fi
+  done
+}
+
+# --- rounds --------------------------------------------------------------------
+
+for round in $(seq 1 "$ROUNDS"); do
+  if [ "$ROUNDS" -gt 1 ]; then
+    say "round $round of $ROUNDS"
+    logs="$RESULTS_DIR/logs/round-$round"
+    mkdir -p "$logs"
   fi
-  if "$ds_load" wait --url "$url" --timeout 30s >/dev/null; then
-    run_scenarios "$label" "$url"
-  else
-    say "$label is not ready at $url; skipping it"
-    failures=$((failures + 1))
-  fi
+  measure_ours
+  measure_peers
+  measure_extra_targets
 done
 
 # --- results -------------------------------------------------------------------
@@ -321,7 +351,9 @@ if [ ! -s "$results" ]; then
   say "no run produced results"
   exit 1
 fi
-"$ds_load" chart --title "ds-load matrix, $DURATION per run ($(date -u +%Y-%m-%d))" \
+title="ds-load matrix, $DURATION per run ($(date -u +%Y-%m-%d))"
+[ "$ROUNDS" -gt 1 ] && title="ds-load matrix, median of $ROUNDS rounds, $DURATION per run ($(date -u +%Y-%m-%d))"
+"$ds_load" chart --title "$title" \
   --out "$RESULTS_DIR/chart.svg" --markdown "$RESULTS_DIR/results.md" \
   --combined "$RESULTS_DIR/results.json" "$results" >/dev/null
 cat "$RESULTS_DIR/results.md"

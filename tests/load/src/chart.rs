@@ -4,9 +4,12 @@
 //! deliveries/s, churn cycles/s). Each row holds two grouped bar charts —
 //! throughput on the left, p99 latency on the right — with one group per
 //! target label and one bar per case (parameter set). When several runs
-//! share a label and case, the last one counts.
+//! share a label and case (a matrix repeated in rounds), each figure is the
+//! median of their figures, and the table also gives the throughput's range:
+//! on a shared machine one run can be far off, and the median of a few
+//! interleaved runs is a steadier basis for comparing targets.
 
-use crate::report::RunRecord;
+use crate::report::{Headline, RunRecord};
 use crate::units::format_real;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -74,13 +77,15 @@ pub struct Family {
     pub latency_p99_ms: Vec<Vec<Option<f64>>>,
 }
 
-/// Groups records into chart rows, in order of first appearance.
+/// Groups records into chart rows, in order of first appearance; repeated
+/// runs of a label and case count with their median.
 pub fn families(records: &[RunRecord]) -> Vec<Family> {
     let mut families: Vec<Family> = Vec::new();
-    for record in records {
+    for group in run_groups(records) {
+        let record = group.runs[0];
         let (Some(unit), Some(throughput)) = (
             record.headline.throughput_unit.as_ref(),
-            record.headline.throughput,
+            group.median(|headline| headline.throughput),
         ) else {
             continue;
         };
@@ -108,9 +113,65 @@ pub fn families(records: &[RunRecord]) -> Vec<Family> {
             }
         }
         family.throughput[case][label] = Some(throughput);
-        family.latency_p99_ms[case][label] = record.headline.latency.map(|l| l.p99_ms);
+        family.latency_p99_ms[case][label] =
+            group.median(|headline| headline.latency.map(|l| l.p99_ms));
     }
     families
+}
+
+/// The runs of one scenario, case and label.
+#[derive(Debug)]
+struct RunGroup<'a> {
+    runs: Vec<&'a RunRecord>,
+}
+
+impl RunGroup<'_> {
+    /// The median of a figure over the runs that have it.
+    fn median(&self, figure: impl Fn(&Headline) -> Option<f64>) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|run| figure(&run.headline))
+                .collect(),
+        )
+    }
+
+    /// The lowest and highest throughput of the runs.
+    fn throughput_range(&self) -> Option<(f64, f64)> {
+        let mut values = self.runs.iter().filter_map(|run| run.headline.throughput);
+        let first = values.next()?;
+        Some(values.fold((first, first), |(low, high), v| (low.min(v), high.max(v))))
+    }
+}
+
+/// Records grouped by scenario, case and label, in order of first
+/// appearance, each group's runs in input order.
+fn run_groups(records: &[RunRecord]) -> Vec<RunGroup<'_>> {
+    let mut groups: Vec<RunGroup> = Vec::new();
+    for record in records {
+        let same = |group: &&mut RunGroup| {
+            let first = group.runs[0];
+            first.scenario == record.scenario
+                && first.case == record.case
+                && first.label == record.label
+        };
+        match groups.iter_mut().find(same) {
+            Some(group) => group.runs.push(record),
+            None => groups.push(RunGroup { runs: vec![record] }),
+        }
+    }
+    groups
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
 }
 
 fn position_or_push(items: &mut Vec<String>, item: &str) -> usize {
@@ -254,41 +315,52 @@ fn draw_bars<DB: DrawingBackend>(
     )
 }
 
-/// A markdown table of every run, grouped by scenario and case.
+/// A markdown table with a row per scenario, case and label (grouped by
+/// scenario and case): the number of runs, then the median of each figure,
+/// the throughput's range and the problems of all runs together.
 pub fn markdown_table(records: &[RunRecord]) -> String {
-    let mut cases: Vec<String> = Vec::new();
-    let mut labels: Vec<String> = Vec::new();
-    for record in records {
-        position_or_push(&mut cases, &format!("{} {}", record.scenario, record.case));
-        position_or_push(&mut labels, &record.label);
+    let mut groups = run_groups(records);
+    let mut cases: Vec<(&str, &str)> = Vec::new();
+    for group in &groups {
+        let first = group.runs[0];
+        if !cases.contains(&(&first.scenario, &first.case)) {
+            cases.push((&first.scenario, &first.case));
+        }
     }
-    let mut ordered: Vec<&RunRecord> = records.iter().collect();
-    ordered.sort_by_key(|record| {
-        let case = format!("{} {}", record.scenario, record.case);
-        (
-            cases.iter().position(|c| *c == case),
-            labels.iter().position(|l| *l == record.label),
-        )
+    // Stable: labels keep their order of appearance within a case.
+    groups.sort_by_key(|group| {
+        let first = group.runs[0];
+        cases
+            .iter()
+            .position(|&case| case == (first.scenario.as_str(), first.case.as_str()))
     });
     let mut table = String::from(
-        "| scenario | case | label | throughput | unit | p50 ms | p99 ms | p999 ms | problems |\n\
-         |---|---|---|---:|---|---:|---:|---:|---:|\n",
+        "| scenario | case | label | runs | throughput | range | unit | p50 ms | p99 ms | p999 ms | problems |\n\
+         |---|---|---|---:|---:|---:|---|---:|---:|---:|---:|\n",
     );
     let cell = |value: Option<f64>| value.map(format_real).unwrap_or_else(|| "–".to_owned());
-    for record in ordered {
-        let headline = &record.headline;
-        let latency = headline.latency;
+    for group in groups {
+        let first = group.runs[0];
+        let range = match group.throughput_range() {
+            Some((low, high)) if group.runs.len() > 1 => {
+                format!("{}–{}", format_real(low), format_real(high))
+            }
+            _ => "–".to_owned(),
+        };
+        let problems: u64 = group.runs.iter().map(|run| run.headline.problems).sum();
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            record.scenario,
-            record.case,
-            record.label,
-            cell(headline.throughput),
-            headline.throughput_unit.as_deref().unwrap_or(""),
-            cell(latency.map(|l| l.p50_ms)),
-            cell(latency.map(|l| l.p99_ms)),
-            cell(latency.map(|l| l.p999_ms)),
-            headline.problems,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            first.scenario,
+            first.case,
+            first.label,
+            group.runs.len(),
+            cell(group.median(|h| h.throughput)),
+            range,
+            first.headline.throughput_unit.as_deref().unwrap_or(""),
+            cell(group.median(|h| h.latency.map(|l| l.p50_ms))),
+            cell(group.median(|h| h.latency.map(|l| l.p99_ms))),
+            cell(group.median(|h| h.latency.map(|l| l.p999_ms))),
+            problems,
         ));
     }
     table
@@ -302,7 +374,6 @@ pub fn write_markdown(records: &[RunRecord], path: &Path) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Headline;
     use crate::stats::LatencySummary;
 
     fn record(label: &str, scenario: &str, case: &str, unit: &str, value: f64) -> RunRecord {
@@ -349,10 +420,10 @@ mod tests {
         assert_eq!(append.unit, "appends/s");
         assert_eq!(append.labels, vec!["ours", "node"]);
         assert_eq!(append.cases, vec!["16c", "64c"]);
-        // The later run of the same label and case wins.
-        assert_eq!(append.throughput[0], vec![Some(1100.0), Some(500.0)]);
+        // Two runs of the same label and case: the mean of the middle two.
+        assert_eq!(append.throughput[0], vec![Some(1050.0), Some(500.0)]);
         assert_eq!(append.throughput[1], vec![Some(2000.0), None]);
-        assert_eq!(append.latency_p99_ms[0], vec![Some(11.0), Some(5.0)]);
+        assert_eq!(append.latency_p99_ms[0], vec![Some(10.5), Some(5.0)]);
         assert_eq!(families[1].labels, vec!["ours", "node"]);
     }
 
@@ -402,14 +473,40 @@ mod tests {
     }
 
     #[test]
-    fn markdown_groups_cases() {
+    fn markdown_has_a_row_per_case_and_label() {
         let table = markdown_table(&sample());
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 2 + 6);
-        assert!(lines[2].starts_with("| append | 16c | ours | 1,000 |"));
-        assert!(lines[3].starts_with("| append | 16c | ours | 1,100 |"));
-        assert!(lines[4].starts_with("| append | 16c | node | 500 |"));
-        assert!(lines[5].starts_with("| append | 64c | ours |"));
-        assert!(lines[7].starts_with("| read | 1MiB | node |"));
+        assert_eq!(lines.len(), 2 + 5);
+        assert!(lines[2].starts_with("| append | 16c | ours | 2 | 1,050 | 1,000–1,100 |"));
+        assert!(lines[3].starts_with("| append | 16c | node | 1 | 500 | – |"));
+        assert!(lines[4].starts_with("| append | 64c | ours | 1 |"));
+        assert!(lines[5].starts_with("| read | 1MiB | ours |"));
+        assert!(lines[6].starts_with("| read | 1MiB | node |"));
+    }
+
+    #[test]
+    fn one_run_far_off_does_not_move_the_median() {
+        let mut records: Vec<RunRecord> = [900.0, 5000.0, 1000.0]
+            .into_iter()
+            .map(|value| record("ours", "append", "16c", "appends/s", value))
+            .collect();
+        records[1].headline.problems = 3;
+        let family = &families(&records)[0];
+        assert_eq!(family.throughput[0], vec![Some(1000.0)]);
+        assert_eq!(family.latency_p99_ms[0], vec![Some(10.0)]);
+        let table = markdown_table(&records);
+        let row = table.lines().nth(2).expect("a row");
+        assert_eq!(
+            row,
+            "| append | 16c | ours | 3 | 1,000 | 900–5,000 | appends/s | 0 | 10.00 | 0 | 3 |"
+        );
+    }
+
+    #[test]
+    fn medians_of_odd_even_and_no_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![7.0]), Some(7.0));
+        assert_eq!(median(Vec::new()), None);
     }
 }
