@@ -1,17 +1,19 @@
 //! The CORS policy: preflights answered for every route, the given request
 //! headers allowed, the given response headers readable by scripts.
 //!
-//! tower-http's [`Cors`] applies it, to the requests that can need it (see
-//! [`BrowserCors`]): a response's CORS headers are read only by a browser,
-//! which always sends `Origin` with a cross-origin request, or by a cache
-//! that may hand the response to one later.
+//! tower-http's [`Cors`](tower_http::cors::Cors) applies it, to the
+//! requests that can need it (see [`BrowserCors`]): a response's CORS
+//! headers are read only by a browser, which always sends `Origin` with a
+//! cross-origin request, or by a cache that may hand the response to one
+//! later.
 
 use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
-use tower_http::cors::{AllowOrigin, Cors, CorsLayer, ResponseFuture};
+use tower_http::cors::{AllowOrigin, CorsLayer, ResponseFuture};
 
 /// Protocol request headers a browser may send (answered in preflights).
 pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 13] = [
@@ -92,22 +94,24 @@ pub fn layer(
         .allow_headers(allowed.into_iter().collect::<Vec<_>>())
         .expose_headers(exposed.into_iter().collect::<Vec<_>>())
         .max_age(Duration::from_secs(86_400));
-    BrowserCorsLayer { cors }
+    BrowserCorsLayer {
+        cors: Arc::new(cors),
+    }
 }
 
 /// Wraps a service in [`BrowserCors`].
 #[derive(Debug, Clone)]
 pub struct BrowserCorsLayer {
-    cors: CorsLayer,
+    cors: Arc<CorsLayer>,
 }
 
-impl<S: Clone> Layer<S> for BrowserCorsLayer {
+impl<S> Layer<S> for BrowserCorsLayer {
     type Service = BrowserCors<S>;
 
     fn layer(&self, inner: S) -> BrowserCors<S> {
         BrowserCors {
-            cors: self.cors.layer(inner.clone()),
-            plain: inner,
+            cors: Arc::clone(&self.cors),
+            inner,
         }
     }
 }
@@ -121,10 +125,15 @@ impl<S: Clone> Layer<S> for BrowserCorsLayer {
 /// headers per response. `GET` and `HEAD` always get the headers, since a
 /// shared cache may hand a catch-up read fetched without `Origin` to a
 /// browser; preflights (`OPTIONS`) are always answered.
+///
+/// The policy sits behind an `Arc` and wraps the inner service only for the
+/// requests that need it: hyper clones the whole service stack for every
+/// request, and a [`Cors`](tower_http::cors::Cors) clone copies the
+/// policy's header lists.
 #[derive(Debug, Clone)]
 pub struct BrowserCors<S> {
-    cors: Cors<S>,
-    plain: S,
+    cors: Arc<CorsLayer>,
+    inner: S,
 }
 
 /// Whether a request is one whose response may reach a browser's CORS check.
@@ -138,7 +147,7 @@ fn may_reach_a_browser<B>(request: &Request<B>) -> bool {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BrowserCors<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: Default,
 {
     type Response = Response<ResBody>;
@@ -146,18 +155,18 @@ where
     type Future = Either<ResponseFuture<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        // Either copy may take the request, so both must be ready.
-        match self.cors.poll_ready(cx) {
-            Poll::Ready(Ok(())) => self.plain.poll_ready(cx),
-            other => other,
-        }
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if may_reach_a_browser(&request) {
-            Either::Left(self.cors.call(request))
+            // The service that was polled ready takes the request; a clone
+            // takes its place for the next one.
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            Either::Left(self.cors.layer(ready).call(request))
         } else {
-            Either::Right(self.plain.call(request))
+            Either::Right(self.inner.call(request))
         }
     }
 }
