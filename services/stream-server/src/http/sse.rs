@@ -97,9 +97,11 @@ impl Session {
             if self.started && Instant::now() >= self.deadline.deadline() {
                 return None;
             }
+            // `from` was checked before the session started, and is the
+            // `next` of the previous read since.
             let read = self
                 .stream
-                .read_async(self.from, self.max_read_bytes)
+                .continue_read_async(self.from, self.max_read_bytes)
                 .await
                 .ok()?;
             if !read.slice.is_empty() || !self.started || read.closed {
@@ -144,8 +146,8 @@ impl Session {
         put_control_event(
             &mut out,
             &Control {
-                stream_next_offset: next.to_string(),
-                stream_cursor: (!closed).then(|| self.cursor.to_string()),
+                stream_next_offset: next,
+                stream_cursor: (!closed).then_some(self.cursor),
                 up_to_date,
                 stream_closed: closed,
             },

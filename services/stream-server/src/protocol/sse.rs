@@ -5,9 +5,10 @@
 //! `control` event follows every data event with the position and state the
 //! client needs to resume.
 
+use crate::protocol::offset::Offset;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Serialize;
+use std::fmt::Write;
 
 /// How data events carry bytes, chosen by the stream's content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,24 +94,37 @@ pub fn put_data_event(out: &mut BytesMut, pieces: &[Bytes], encoding: DataEncodi
 }
 
 /// The fields of a `control` event.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy)]
 pub struct Control {
-    pub stream_next_offset: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream_cursor: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream_next_offset: Offset,
+    pub stream_cursor: Option<u64>,
     pub up_to_date: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream_closed: bool,
 }
 
-/// Frames a `control` event at the end of `out`.
+/// Frames a `control` event at the end of `out`: a JSON object with
+/// camel-case fields, where the cursor and the flags appear only when set.
+///
+/// Written directly rather than through serde: every subscriber gets one
+/// per wake-up, and the values need no escaping (hex digits, `_` and
+/// decimal digits).
 pub fn put_control_event(out: &mut BytesMut, control: &Control) {
-    out.put_slice(b"event: control\ndata:");
-    // Serializing these fields cannot fail: strings and booleans only.
-    let _ = serde_json::to_writer((&mut *out).writer(), control);
-    out.put_slice(b"\n\n");
+    out.put_slice(b"event: control\ndata:{\"streamNextOffset\":\"");
+    out.put_slice(&control.stream_next_offset.encode());
+    out.put_u8(b'"');
+    if let Some(cursor) = control.stream_cursor {
+        out.put_slice(b",\"streamCursor\":\"");
+        // Writing into a `BytesMut` cannot fail: it grows.
+        let _ = write!(out, "{cursor}");
+        out.put_u8(b'"');
+    }
+    if control.up_to_date {
+        out.put_slice(b",\"upToDate\":true");
+    }
+    if control.stream_closed {
+        out.put_slice(b",\"streamClosed\":true");
+    }
+    out.put_slice(b"}\n\n");
 }
 
 #[cfg(test)]
@@ -168,8 +182,8 @@ mod tests {
     #[test]
     fn control_fields_are_camel_case_and_optional() {
         let open = Control {
-            stream_next_offset: "o".into(),
-            stream_cursor: Some("7".into()),
+            stream_next_offset: Offset::new(3, 36),
+            stream_cursor: Some(7),
             up_to_date: true,
             stream_closed: false,
         };
@@ -177,8 +191,41 @@ mod tests {
         put_control_event(&mut event, &open);
         assert_eq!(
             &event[..],
-            b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
+            b"event: control\ndata:{\"streamNextOffset\":\"0000000000000003_0000000000000024\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
         );
+    }
+
+    proptest! {
+        /// The hand-written object is the JSON serde would write for the
+        /// same fields.
+        #[test]
+        fn control_is_the_json_of_its_fields(
+            messages: u64, bytes: u64, cursor: Option<u64>, up_to_date: bool, stream_closed: bool,
+        ) {
+            let control = Control {
+                stream_next_offset: Offset::new(messages, bytes),
+                stream_cursor: cursor,
+                up_to_date,
+                stream_closed,
+            };
+            let mut event = BytesMut::new();
+            put_control_event(&mut event, &control);
+            let text = std::str::from_utf8(&event).unwrap();
+            let json = text.strip_prefix("event: control\ndata:").unwrap().strip_suffix("\n\n").unwrap();
+            let mut expected = serde_json::json!({
+                "streamNextOffset": control.stream_next_offset.to_string(),
+            });
+            if let Some(cursor) = cursor {
+                expected["streamCursor"] = cursor.to_string().into();
+            }
+            if up_to_date {
+                expected["upToDate"] = true.into();
+            }
+            if stream_closed {
+                expected["streamClosed"] = true.into();
+            }
+            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(json).unwrap(), expected);
+        }
     }
 
     proptest! {

@@ -246,10 +246,31 @@ impl Stream {
         from: Offset,
         max_bytes: usize,
     ) -> Result<ReadResult, StreamError> {
+        self.read_with(Stream::read, from, max_bytes).await
+    }
+
+    /// [`Stream::read_async`] from an offset known to be one of this
+    /// stream's boundaries (checked before, or the `next` of an earlier
+    /// read): a live reader's every wake-up skips the check.
+    pub async fn continue_read_async(
+        self: &Arc<Self>,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StreamError> {
+        self.read_with(Stream::read_from_boundary, from, max_bytes)
+            .await
+    }
+
+    async fn read_with(
+        self: &Arc<Self>,
+        read: fn(&Stream, Offset, usize) -> Result<ReadResult, StreamError>,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StreamError> {
         if !self.read_blocks_from(from) {
-            return self.read(from, max_bytes);
+            return read(self, from, max_bytes);
         }
-        self.off_runtime(move |stream| stream.read(from, max_bytes))
+        self.off_runtime(move |stream| read(stream, from, max_bytes))
             .await
     }
 
@@ -294,6 +315,15 @@ impl Stream {
         if !self.has_boundary(from)? {
             return Err(StreamError::OffsetNotInStream { offset: from });
         }
+        self.read_from_boundary(from, max_bytes)
+    }
+
+    /// [`Stream::read`] without checking that `from` is a boundary.
+    fn read_from_boundary(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, StreamError> {
         // Snapshot what is visible first: the answer never goes past it.
         let visible = self.visible();
         let mut slice = match &self.config.fork {
