@@ -2,15 +2,20 @@
 //! checks every request runs against it (still active, scope, stream path).
 
 use crate::pattern::StreamPattern;
+use crate::proxy::Identity;
 use crate::scope::Scope;
 use crate::store::TokenRow;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// The rights of one token, as stored in its row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    pub token_id: String,
+    /// Shared, so the rate limiter keys its buckets by it without a copy.
+    pub token_id: Arc<str>,
     pub subject: String,
+    /// The identity headers sent upstream for this token.
+    pub identity: Identity,
     pub scopes: Vec<Scope>,
     pub streams: Vec<StreamPattern>,
     pub expires_at: OffsetDateTime,
@@ -45,7 +50,8 @@ impl Grant {
             })
             .collect();
         Grant {
-            token_id: row.id,
+            identity: Identity::new(&row.subject, &row.id),
+            token_id: row.id.into(),
             subject: row.subject,
             scopes,
             streams,

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::error::GatewayError;
 use crate::grant::Grant;
-use crate::proxy::{Forwarding, Identity, Upstream};
+use crate::proxy::{Forwarding, Upstream};
 use crate::rate_limit::RateLimiter;
 use crate::scope::Scope;
 use axum::Router;
@@ -178,10 +178,7 @@ async fn stream(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let forwarding = Forwarding {
-        identity: Some(Identity {
-            subject: grant.subject.clone(),
-            token_id: grant.token_id.clone(),
-        }),
+        identity: Some(grant.identity.clone()),
         query: forward_query,
         client_addr,
         public_origin: public_origin(&gateway.config, &parts),

@@ -39,11 +39,22 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// Who is calling, for the identity headers.
-#[derive(Debug, Clone)]
+/// Who is calling, as the identity headers carry it: rendered once per
+/// token row rather than per request. A value that cannot be a header (a
+/// control character in a subject) is left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub subject: String,
-    pub token_id: String,
+    pub subject: Option<HeaderValue>,
+    pub token_id: Option<HeaderValue>,
+}
+
+impl Identity {
+    pub fn new(subject: &str, token_id: &str) -> Identity {
+        Identity {
+            subject: HeaderValue::from_str(subject).ok(),
+            token_id: HeaderValue::from_str(token_id).ok(),
+        }
+    }
 }
 
 /// What the handler learned about a request that the proxy needs.
@@ -201,11 +212,11 @@ fn prepare_request_headers(
         headers.remove(name);
     }
     if let Some(identity) = &forwarding.identity {
-        if let Ok(subject) = HeaderValue::from_str(&identity.subject) {
-            headers.insert(X_AUTH_SUBJECT, subject);
+        if let Some(subject) = &identity.subject {
+            headers.insert(X_AUTH_SUBJECT, subject.clone());
         }
-        if let Ok(id) = HeaderValue::from_str(&identity.token_id) {
-            headers.insert(X_AUTH_TOKEN_ID, id);
+        if let Some(id) = &identity.token_id {
+            headers.insert(X_AUTH_TOKEN_ID, id.clone());
         }
     }
     if let Some(addr) = forwarding.client_addr {
@@ -277,10 +288,7 @@ mod tests {
 
     fn forwarding() -> Forwarding {
         Forwarding {
-            identity: Some(Identity {
-                subject: "alice".into(),
-                token_id: "t-1".into(),
-            }),
+            identity: Some(Identity::new("alice", "t-1")),
             query: None,
             client_addr: Some("10.0.0.7:5000".parse().expect("addr")),
             public_origin: "https://streams.example.com".into(),

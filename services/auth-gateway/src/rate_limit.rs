@@ -6,10 +6,11 @@ use crate::error::GatewayError;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// The buckets of all tokens; disabled when the rate is 0.
 pub struct RateLimiter {
-    buckets: Option<DefaultKeyedRateLimiter<String>>,
+    buckets: Option<DefaultKeyedRateLimiter<Arc<str>>>,
     clock: DefaultClock,
 }
 
@@ -26,12 +27,12 @@ impl RateLimiter {
     }
 
     /// Takes one request from the token's bucket, or says when to retry.
-    pub fn check(&self, token_id: &str) -> Result<(), GatewayError> {
+    pub fn check(&self, token_id: &Arc<str>) -> Result<(), GatewayError> {
         let Some(buckets) = &self.buckets else {
             return Ok(());
         };
         buckets
-            .check_key(&token_id.to_owned())
+            .check_key(token_id)
             .map_err(|not_until| GatewayError::RateLimited {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })
@@ -52,24 +53,24 @@ mod tests {
     #[test]
     fn burst_then_refusal_with_a_retry_time() {
         let limiter = RateLimiter::new(1, 3);
-        let alice = "alice";
+        let alice: Arc<str> = "alice".into();
         for _ in 0..3 {
-            limiter.check(alice).expect("within the burst");
+            limiter.check(&alice).expect("within the burst");
         }
-        match limiter.check(alice) {
+        match limiter.check(&alice) {
             Err(GatewayError::RateLimited { retry_after }) => {
                 assert!(retry_after.as_millis() > 0 && retry_after.as_secs() <= 1);
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        limiter.check("bob").expect("buckets are per token");
+        limiter.check(&"bob".into()).expect("buckets are per token");
     }
 
     #[test]
     fn zero_rate_disables_limiting() {
         let limiter = RateLimiter::new(0, 0);
         for _ in 0..10_000 {
-            limiter.check("t").expect("unlimited");
+            limiter.check(&"t".into()).expect("unlimited");
         }
     }
 }
