@@ -97,16 +97,18 @@ impl Session {
             if self.started && Instant::now() >= self.deadline.deadline() {
                 return None;
             }
-            // `from` was checked before the session started, and is the
-            // `next` of the previous read since.
-            let read = self
-                .stream
-                .continue_read_async(self.from, self.max_read_bytes)
-                .await
-                .ok()?;
-            if !read.slice.is_empty() || !self.started || read.closed {
-                self.started = true;
-                return Some(self.events(read));
+            if !self.started || self.has_news() {
+                // `from` was checked before the session started, and is the
+                // `next` of the previous read since.
+                let read = self
+                    .stream
+                    .continue_read_async(self.from, self.max_read_bytes)
+                    .await
+                    .ok()?;
+                if !read.slice.is_empty() || !self.started || read.closed {
+                    self.started = true;
+                    return Some(self.events(read));
+                }
             }
             tokio::select! {
                 changed = self.changes.changed() => {
@@ -119,6 +121,15 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Whether the stream changed since the last read: a subscriber that
+    /// just sent everything up to the tail waits without reading again.
+    /// Marks the current state seen, so `changed()` reports only what comes
+    /// after it.
+    fn has_news(&mut self) -> bool {
+        let tail = self.changes.borrow_and_update();
+        tail.next != self.from || tail.closed || tail.gone
     }
 
     /// The read's data and the control event after it, as one write so
