@@ -356,7 +356,7 @@ async fn cors_headers_go_to_writes_from_browsers_and_to_every_read() {
     assert!(list(&browser, "access-control-expose-headers").contains(&"stream-next-offset".into()));
 
     // A read without Origin may be cached and served to a page later.
-    let read = send(server.get("s").query(&[("offset", "-1")])).await;
+    let read = server.read_from("s", "-1").await;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(allowed(&read).as_deref(), Some("*"));
     assert_eq!(read.text().await.expect("body"), "ab");
