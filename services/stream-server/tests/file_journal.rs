@@ -156,20 +156,22 @@ async fn acknowledged_appends_come_back_from_the_journal() {
 async fn a_torn_journal_entry_ends_the_replay() {
     let dir = DataDir::new("torn");
     crash_after_appends(&dir, 10, 100).await;
-    // The stream's entries are in one shard of the journal; the last byte
-    // written there belongs to the last entry.
+    // The stream's entries are in one shard of the journal. Each append
+    // was a group of its own, and a group fills whole 4 KiB blocks: the
+    // last append's entry starts the last block written.
     let (journal_path, journal) = fs::read_dir(dir.0.join("journal"))
         .expect("journal dir")
         .map(|e| e.expect("entry").path())
         .map(|path| (path.clone(), fs::read(&path).expect("shard")))
         .find(|(_, bytes)| bytes.iter().any(|&b| b != 0))
         .expect("a shard with entries");
-    let last = journal.iter().rposition(|&b| b != 0).expect("entries");
+    let last_block = journal.iter().rposition(|&b| b != 0).expect("entries") / 4096 * 4096;
+    let in_last_entry = last_block + 60;
     let file = OpenOptions::new()
         .write(true)
         .open(&journal_path)
         .expect("open journal");
-    file.write_all_at(&[journal[last] ^ 0xff], last as u64)
+    file.write_all_at(&[journal[in_last_entry] ^ 0xff], in_last_entry as u64)
         .expect("tear");
     assert_eq!(reopened(&dir.0, DURABLE), expected(9, 100));
 
