@@ -650,10 +650,17 @@ impl StreamLog for FileLog {
 /// Frames a record body: length, CRC-32, body.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(body);
+    frame_in_place(&mut out);
     out
+}
+
+/// Writes the length and CRC-32 of `framed[HEADER..]` into its header.
+fn frame_in_place(framed: &mut [u8]) {
+    let (header, body) = framed.split_at_mut(HEADER);
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
 }
 
 /// Encodes one request's changes as a framed record, advancing `tail`.

@@ -18,7 +18,7 @@
 //! * A shard is zero-filled to its capacity when created, so writing an
 //!   entry never allocates blocks or changes the file size.
 //! * Each group is written as whole [`BLOCK`]s at a block boundary, padded
-//!   with a filler entry (generation 0, zeros) that replay skips. That lets
+//!   with a filler entry (a body of zeros) that replay skips. That lets
 //!   the shard be opened with `O_DIRECT | O_DSYNC`: one `pwrite` sends the
 //!   group to the device and returns once it is durable, without the page
 //!   cache's copy and writeback or a separate `fdatasync` (~15 µs less CPU
@@ -36,7 +36,7 @@
 //!   hold); then the logs are synced and the journal is replaced by a fresh
 //!   one, so entries from before a restart never replay again.
 
-use super::{HEADER, LOG_FILE, Records, Reply, io, sync_all, sync_dir};
+use super::{HEADER, LOG_FILE, Records, Reply, frame_in_place, io, sync_all, sync_dir};
 use crate::storage::StorageError;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -67,8 +67,6 @@ const ZERO_CHUNK: usize = 1024 * 1024;
 /// blocks, as direct I/O requires of offsets, lengths and buffers (4 KiB
 /// covers every common device's logical block size).
 const BLOCK: usize = 4096;
-/// The generation of filler entries; real generations start at 1.
-const FILLER: u64 = 0;
 
 /// The journal's writer threads, one channel each.
 #[derive(Debug, Clone)]
@@ -404,12 +402,12 @@ fn replay_shard(
     let mut applied = 0;
     // The first invalid entry (zeros included) ends the journal.
     while let Ok(Some(body)) = records.next_record() {
+        if is_filler(&body) {
+            continue;
+        }
         let Some((entry_generation, stream, pos, record)) = parse(&body) else {
             break;
         };
-        if entry_generation == FILLER {
-            continue;
-        }
         if *generation.get_or_insert(entry_generation) != entry_generation {
             break;
         }
@@ -445,20 +443,14 @@ pub fn remove(data_dir: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Writes the length and CRC-32 of `framed[HEADER..]` into its header.
-fn frame_in_place(framed: &mut [u8]) {
-    let (header, body) = framed.split_at_mut(HEADER);
-    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+/// Whether an entry body is a group's filler: all zeros, which no real
+/// entry is (its generation is at least 1).
+fn is_filler(body: &[u8]) -> bool {
+    body.iter().all(|&b| b == 0)
 }
 
-/// An entry body's generation, stream id, log position and record; a
-/// filler (all zeros, generation [`FILLER`]) gives generation 0 and no
-/// record.
+/// An entry body's generation, stream id, log position and record.
 fn parse(body: &Bytes) -> Option<(u64, u64, u64, Bytes)> {
-    if body.iter().all(|&b| b == 0) {
-        return Some((FILLER, 0, 0, Bytes::new()));
-    }
     let field = |i: usize| -> Option<u64> {
         let bytes = body.get(i * 8..i * 8 + 8)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
