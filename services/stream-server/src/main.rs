@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init();
+    opt_out_of_transparent_huge_pages();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -34,5 +35,42 @@ async fn main() -> std::process::ExitCode {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, unless the operator
+/// chose through mimalloc's own `MIMALLOC_ALLOW_THP`.
+///
+/// mimalloc asks for huge pages on its arenas, so stored data grows 2 MiB
+/// at a time, each zeroed inside the page fault of the request that
+/// touched it first; in a VM that returns free memory to its host, every
+/// such page is also a fault on the host. Appends measured 0.6-1 us less
+/// CPU each without them, and catch-up reads no slower (the same advice
+/// databases such as Redis give for THP).
+fn opt_out_of_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "transparent huge pages left as the system has them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_process_opts_out_of_transparent_huge_pages() {
+        assert!(
+            std::env::var_os("MIMALLOC_ALLOW_THP").is_none(),
+            "this test needs MIMALLOC_ALLOW_THP unset"
+        );
+        super::opt_out_of_transparent_huge_pages();
+        // Linux 5.0 and later report the flag in status.
+        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("THP_enabled:"))
+            .expect("a THP_enabled line");
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
 }
