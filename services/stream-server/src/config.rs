@@ -241,6 +241,7 @@ impl Config {
             sync_interval: Duration::from_millis(self.storage.sync_interval_ms),
             journal_bytes: self.storage.journal_bytes,
             tail_cache_bytes: self.storage.tail_cache_bytes,
+            ..Tuning::default()
         }
     }
 

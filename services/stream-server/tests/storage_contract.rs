@@ -43,6 +43,9 @@ fn tuning() -> storage::Tuning {
     storage::Tuning {
         sync_interval: Duration::from_millis(50),
         journal_bytes: storage::file::MIN_JOURNAL_BYTES,
+        // Settle every few appends, so reads and reopens meet streams
+        // partly in each of the acid engine's two tables.
+        acid_settle_rows: 3,
         ..storage::Tuning::default()
     }
 }

@@ -285,6 +285,8 @@ pub struct Tuning {
     /// Persistent modes: bytes of each stream's newest appends kept in
     /// memory for reads at the tail.
     pub tail_cache_bytes: usize,
+    /// `acid`: unsettled appends that make the writer settle them.
+    pub acid_settle_rows: usize,
 }
 
 impl Default for Tuning {
@@ -293,6 +295,7 @@ impl Default for Tuning {
             sync_interval: std::time::Duration::from_secs(1),
             journal_bytes: 64 * 1024 * 1024,
             tail_cache_bytes: chunk::RecentChunks::DEFAULT_BUDGET,
+            acid_settle_rows: redb::SETTLE_ROWS,
         }
     }
 }
@@ -318,8 +321,9 @@ pub fn open(
             )?
             .with_tail_cache(tuning.tail_cache_bytes),
         ),
-        StorageMode::Acid => {
-            Arc::new(redb::RedbEngine::open(data_dir)?.with_tail_cache(tuning.tail_cache_bytes))
-        }
+        StorageMode::Acid => Arc::new(
+            redb::RedbEngine::open(data_dir, tuning.acid_settle_rows)?
+                .with_tail_cache(tuning.tail_cache_bytes),
+        ),
     })
 }
