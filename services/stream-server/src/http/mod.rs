@@ -20,15 +20,19 @@ use crate::shutdown::ShutdownToken;
 use crate::streams::Streams;
 use axum::Router;
 use axum::extract::Request;
-use axum::routing::{any, get};
+use axum::routing::get;
 use bytes::Bytes;
 use error::ApiError;
+use futures_util::future::Either;
 use http::Response;
 use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as HttpBody;
 use service_common::cors::BrowserCorsLayer;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -100,7 +104,7 @@ impl std::ops::Deref for AppState {
 /// The complete application: stream routes, health checks, CORS and the
 /// security headers every response carries (§12.7).
 ///
-/// The middleware wraps the router instead of being added with
+/// The middleware wraps the routes instead of being added with
 /// `Router::layer`, which would wrap every route in each layer separately:
 /// per request, that is a boxed clone and a boxed future for every layer.
 pub fn app(
@@ -115,18 +119,20 @@ pub fn app(
 + Send
 + Sync
 + 'static {
-    let stream_route: Arc<str> = format!("{}/{{*path}}", state.settings.base_path).into();
-    let routes = Router::new()
+    let base_path: Arc<str> = state.settings.base_path.as_str().into();
+    let others = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route(&stream_route, any(dispatch))
-        .fallback(|| async { ApiError::NoRoute })
-        .with_state(state);
+        .fallback(|| async { ApiError::NoRoute });
     let span = move |request: &Request| {
-        let route = route_of(&stream_route, request.uri().path());
         // Debug level: a span per request is measurable at tens of
-        // thousands of requests per second, so it is opt-in.
-        tracing::debug_span!("request", method = %request.method(), route)
+        // thousands of requests per second, so it is opt-in (and its
+        // fields are worked out only when it is on).
+        tracing::debug_span!(
+            "request",
+            method = %request.method(),
+            route = route_of(&base_path, request.uri().path())
+        )
     };
     ServiceBuilder::new()
         .layer(TraceLayer::new_for_http().make_span_with(span))
@@ -139,30 +145,63 @@ pub fn app(
             HeaderValue::from_static("nosniff"),
         ))
         .layer(cors(cors_origins))
-        .service(routes)
+        .service(Routes { state, others })
 }
 
-/// The route pattern a request path falls under, for request spans: the
-/// pattern rather than the path keeps stream names out of logs.
-fn route_of<'a>(stream_route: &'a str, path: &'a str) -> &'a str {
-    let base = stream_route.trim_end_matches("/{*path}");
-    match path {
-        "/healthz" | "/readyz" => path,
-        _ if path
-            .strip_prefix(base)
-            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')) =>
-        {
-            stream_route
+/// Stream URLs go straight to [`dispatch`], everything else to the router.
+///
+/// Telling them apart is one prefix comparison; a wildcard route in the
+/// router would also percent-decode the stream path and store it in the
+/// request's extensions on every request, for handlers that parse the URI
+/// themselves.
+#[derive(Clone)]
+struct Routes {
+    state: AppState,
+    others: Router,
+}
+
+impl Service<Request> for Routes {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Either<
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
+        <Router as Service<Request>>::Future,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Neither side holds back requests: the router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if stream_path_of(&self.state.settings.base_path, request.uri().path()).is_some() {
+            let state = self.state.clone();
+            Either::Left(Box::pin(async move { Ok(dispatch(state, request).await) }))
+        } else {
+            Either::Right(self.others.call(request))
         }
-        _ => "unmatched",
+    }
+}
+
+/// The part of `path` after `{base}/`, when it names a stream (is not empty).
+fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(base)?
+        .strip_prefix('/')
+        .filter(|rest| !rest.is_empty())
+}
+
+/// The route a request path falls under, for request spans: the pattern
+/// rather than the path keeps stream names out of logs.
+fn route_of(base: &str, path: &str) -> String {
+    match path {
+        "/healthz" | "/readyz" => path.to_owned(),
+        _ if stream_path_of(base, path).is_some() => format!("{base}/{{*path}}"),
+        _ => "unmatched".to_owned(),
     }
 }
 
 /// Routes a stream URL by method; anything else is 405.
-async fn dispatch(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-) -> axum::response::Response {
+async fn dispatch(state: AppState, request: Request) -> axum::response::Response {
     use axum::response::IntoResponse;
     let result = match *request.method() {
         Method::GET => read::get(state, request).await,
@@ -184,15 +223,25 @@ fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
 
 #[cfg(test)]
 mod tests {
-    use super::route_of;
+    use super::{route_of, stream_path_of};
 
     #[test]
     fn spans_name_the_route_not_the_stream() {
-        let streams = "/v1/stream/{*path}";
-        assert_eq!(route_of(streams, "/v1/stream/orders/eu"), streams);
-        assert_eq!(route_of(streams, "/healthz"), "/healthz");
-        assert_eq!(route_of(streams, "/v1/stream/"), "unmatched");
-        assert_eq!(route_of(streams, "/v1/streams/x"), "unmatched");
-        assert_eq!(route_of(streams, "/metrics"), "unmatched");
+        let base = "/v1/stream";
+        assert_eq!(route_of(base, "/v1/stream/orders/eu"), "/v1/stream/{*path}");
+        assert_eq!(route_of(base, "/healthz"), "/healthz");
+        assert_eq!(route_of(base, "/v1/stream/"), "unmatched");
+        assert_eq!(route_of(base, "/v1/streams/x"), "unmatched");
+        assert_eq!(route_of(base, "/metrics"), "unmatched");
+    }
+
+    #[test]
+    fn stream_urls_are_the_non_empty_paths_under_the_base() {
+        let base = "/v1/stream";
+        assert_eq!(stream_path_of(base, "/v1/stream/a/b"), Some("a/b"));
+        assert_eq!(stream_path_of(base, "/v1/stream/"), None);
+        assert_eq!(stream_path_of(base, "/v1/stream"), None);
+        assert_eq!(stream_path_of(base, "/v1/streamx/a"), None);
+        assert_eq!(stream_path_of(base, "/healthz"), None);
     }
 }

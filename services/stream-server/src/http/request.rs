@@ -7,18 +7,16 @@ use crate::protocol::headers;
 use crate::protocol::offset::ReadFrom;
 use crate::protocol::path;
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Uri};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
 
 /// The validated stream path of a request URL, relative to the base path.
 pub fn stream_path(state: &AppState, uri: &Uri) -> Result<String, ApiError> {
-    let raw = uri
-        .path()
-        .strip_prefix(state.settings.base_path.as_str())
-        .and_then(|rest| rest.strip_prefix('/'))
-        .ok_or(ApiError::NoRoute)?;
+    let raw =
+        super::stream_path_of(&state.settings.base_path, uri.path()).ok_or(ApiError::NoRoute)?;
     decode_path(state, raw)
 }
 
@@ -39,9 +37,14 @@ pub fn fork_source_path(state: &AppState, value: &str) -> Result<String, ApiErro
 }
 
 fn decode_path(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::Query("stream path is not valid UTF-8".into()))?;
+    // Most paths have nothing to decode.
+    let decoded = if raw.contains('%') {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| ApiError::Query("stream path is not valid UTF-8".into()))?
+    } else {
+        Cow::Borrowed(raw)
+    };
     path::validate(&decoded, state.settings.path_limits)?;
     Ok(decoded.into_owned())
 }
@@ -106,7 +109,10 @@ pub fn read_query(uri: &Uri) -> Result<ReadQuery, ApiError> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+///
+/// A small body arrives as one frame, which is returned as it is; larger
+/// ones are joined.
+pub async fn body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -114,11 +120,31 @@ pub async fn body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        // Trailers carry nothing a stream stores.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let received = joined.as_ref().map_or(whole.len(), BytesMut::len);
+        if received + data.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        match &mut joined {
+            Some(buffer) => buffer.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let expected = declared.map_or(0, |len| len as usize);
+                let mut buffer = BytesMut::with_capacity(expected.max(received + data.len()));
+                buffer.extend_from_slice(&whole);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
     }
+    Ok(joined.map_or(whole, BytesMut::freeze))
 }
 
 /// The `Content-Type` header, if present and readable.

@@ -115,6 +115,18 @@ pub fn media_type(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether `content_type` has the media type `media_type` (as
+/// [`media_type`] gives it): the comparison every append makes, without
+/// building the lowercased copy.
+pub fn has_media_type(content_type: &str, media_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case(media_type)
+}
+
 /// The producer identity and position sent with an append (§5.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerHeaders {
@@ -194,6 +206,14 @@ mod tests {
     fn media_type_ignores_case_and_parameters() {
         assert_eq!(media_type("Text/Plain; charset=utf-8"), "text/plain");
         assert_eq!(media_type(" application/json "), "application/json");
+    }
+
+    proptest! {
+        #[test]
+        fn has_media_type_agrees_with_media_type(ct in "[ a-zA-Z/;=+.-]{0,24}", other in "[a-zA-Z/+.-]{0,12}") {
+            prop_assert!(has_media_type(&ct, &media_type(&ct)));
+            prop_assert_eq!(has_media_type(&ct, &other.to_ascii_lowercase()), media_type(&ct) == other.to_ascii_lowercase());
+        }
     }
 
     #[test]

@@ -40,7 +40,12 @@ pub fn validate(path: &str, limits: PathLimits) -> Result<(), PathError> {
             max: limits.max_bytes,
         });
     }
-    if path.chars().any(|c| c.is_control() || c == '\\') {
+    let bad_character = if path.is_ascii() {
+        path.bytes().any(|b| b.is_ascii_control() || b == b'\\')
+    } else {
+        path.chars().any(|c| c.is_control() || c == '\\')
+    };
+    if bad_character {
         return Err(PathError::BadCharacter);
     }
     let mut count = 0;
@@ -95,6 +100,9 @@ mod tests {
         assert_eq!(validate("a/", LIMITS), Err(PathError::Traversal));
         assert_eq!(validate("a\\b", LIMITS), Err(PathError::BadCharacter));
         assert_eq!(validate("a\0b", LIMITS), Err(PathError::BadCharacter));
+        assert_eq!(validate("a\u{7f}b", LIMITS), Err(PathError::BadCharacter));
+        // C1 controls are two bytes in UTF-8.
+        assert_eq!(validate("é\u{85}b", LIMITS), Err(PathError::BadCharacter));
         assert_eq!(
             validate("__ds/subscriptions/x", LIMITS),
             Err(PathError::Reserved)
@@ -113,6 +121,12 @@ mod tests {
         #[test]
         fn never_panics(s in "\\PC{0,80}") {
             let _ = validate(&s, LIMITS);
+        }
+
+        #[test]
+        fn refuses_exactly_the_control_characters_and_backslash(s in "[a-z/\\x00-\\x20\\x7f-\\u{a0}\\\\]{1,20}") {
+            let expected = s.chars().any(|c| c.is_control() || c == '\\');
+            prop_assert_eq!(validate(&s, LIMITS) == Err(PathError::BadCharacter), expected);
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod stream;
 pub use error::StreamError;
 pub use stream::{Expiry, ReadResult, Stream, Tail};
 
-use crate::protocol::headers::{ProducerHeaders, media_type};
+use crate::protocol::headers::{ProducerHeaders, has_media_type, media_type};
 use crate::protocol::json::{self, JsonContext, JsonMessages};
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::{self, ProducerCheck, ProducerRejection, ProducerState};
@@ -460,7 +460,7 @@ impl Streams {
             Err(other) => return Err(other),
         };
         let (content_type, media) = match &request.content_type {
-            Some(ct) if media_type(ct) != source.config.media_type => {
+            Some(ct) if !has_media_type(ct, &source.config.media_type) => {
                 return Err(StreamError::ContentTypeMismatch {
                     sent: ct.clone(),
                     expected: source.config.content_type.clone(),
@@ -566,7 +566,7 @@ impl Streams {
         } else {
             Some(match &request.content_type {
                 None => Err(StreamError::MissingContentType),
-                Some(ct) if media_type(ct) != config.media_type => {
+                Some(ct) if !has_media_type(ct, &config.media_type) => {
                     Err(StreamError::ContentTypeMismatch {
                         sent: ct.clone(),
                         expected: config.content_type.clone(),
