@@ -196,6 +196,70 @@ async fn appends_are_delivered_live() {
     }
 }
 
+/// Subscribers waking at the same position send one framing of the new
+/// data between them (`Stream::shared_delivery`); each must still get its
+/// own cursor, and one further behind must get everything it missed.
+#[tokio::test]
+async fn subscribers_at_one_position_each_get_their_own_cursor() {
+    let server = server_with_interval(10.0).await;
+    let start = server.create("t", "text/plain").await;
+    let first = server.append("t", "text/plain", "first").await;
+    // A far-future echoed cursor is answered with a later, jittered one.
+    let far_cursor = "9000000000";
+    let mut readers = vec![
+        open_sse(&server, "t", &first).await,
+        open_sse(&server, "t", &first).await,
+        SseReader::new(
+            send(server.get("t").query(&[
+                ("offset", first.as_str()),
+                ("live", "sse"),
+                ("cursor", far_cursor),
+            ]))
+            .await,
+        ),
+    ];
+    let mut cursors = Vec::new();
+    for reader in &mut readers {
+        let control = reader.expect_event().await.control();
+        assert_open_control_value(&control, &first);
+        cursors.push(control["streamCursor"].as_str().unwrap().to_owned());
+    }
+    assert!(cursors[2].parse::<u64>().unwrap() > far_cursor.parse().unwrap());
+    let mut behind = open_sse(&server, "t", &start).await;
+
+    for word in ["one", "two\nlines", "three"] {
+        let tail = server.append("t", "text/plain", word).await;
+        for (reader, cursor) in readers.iter_mut().zip(&cursors) {
+            assert_eq!(reader.expect_event().await.data(), word);
+            let control = reader.expect_event().await.control();
+            assert_open_control_value(&control, &tail);
+            assert_eq!(control["streamCursor"], cursor.as_str(), "{control}");
+        }
+    }
+    let tail = server.close("t").await;
+    for reader in &mut readers {
+        let control = reader.expect_event().await.control();
+        assert_eq!(control["streamNextOffset"], tail.as_str());
+        assert_eq!(control["streamClosed"], true, "{control}");
+        assert!(control.get("streamCursor").is_none(), "{control}");
+        assert!(reader.next().await.is_none());
+    }
+
+    let mut seen = Vec::new();
+    while let Some(event) = behind.next().await {
+        if event.event == "data" {
+            seen.push(event.data());
+        }
+    }
+    assert_eq!(seen, ["first", "one", "two\nlines", "three"]);
+}
+
+fn assert_open_control_value(control: &serde_json::Value, next: &str) {
+    assert_eq!(control["streamNextOffset"], next, "{control}");
+    assert_eq!(control["upToDate"], true, "{control}");
+    assert!(control.get("streamClosed").is_none(), "{control}");
+}
+
 #[tokio::test]
 async fn closure_sends_stream_closed_and_ends_the_response() {
     let server = server_with_interval(10.0).await;

@@ -7,7 +7,10 @@ use super::error::ApiError;
 use super::read::start_of;
 use super::request::ReadQuery;
 use crate::protocol::offset::Offset;
-use crate::protocol::sse::{Control, DataEncoding, put_control_event, put_data_event};
+use crate::protocol::sse::{
+    ControlFlags, DataEncoding, control_tail_len, put_control_head, put_control_tail,
+    put_data_event,
+};
 use crate::protocol::{cursor, headers, json};
 use crate::streams::{ReadResult, Stream, StreamError, Tail};
 use axum::body::Body;
@@ -37,7 +40,8 @@ pub async fn read(
     let session = Session {
         changes: stream.subscribe(),
         from,
-        cursor: cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng()),
+        cursor: cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng())
+            .to_string(),
         deadline: Box::pin(tokio::time::sleep(state.settings.sse_reconnect_interval)),
         max_read_bytes: state.settings.max_read_bytes,
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
@@ -66,6 +70,11 @@ pub async fn read(
     Ok(response)
 }
 
+/// Largest framing of one delivery that subscribers share (see
+/// [`Stream::shared_delivery`]); bigger ones are catch-up reads, framed
+/// for their own connection.
+const MAX_SHARED_FRAMING: usize = 16 * 1024;
+
 /// One SSE connection's position and state.
 ///
 /// The deadline and the shutdown signal are futures made once per
@@ -76,7 +85,9 @@ struct Session {
     stream: Arc<Stream>,
     changes: watch::Receiver<Tail>,
     from: Offset,
-    cursor: u64,
+    /// The connection's cursor as decimal text, written into every
+    /// control event of an open stream.
+    cursor: String,
     /// When the connection ends so the client reconnects (§10.2).
     deadline: Pin<Box<Sleep>>,
     max_read_bytes: usize,
@@ -97,7 +108,13 @@ impl Session {
             if self.started && Instant::now() >= self.deadline.deadline() {
                 return None;
             }
-            if !self.started || self.has_news() {
+            let news = if self.started { self.news() } else { None };
+            if let Some(tail) = news
+                && let Some(events) = self.shared_events(tail)
+            {
+                return Some(events);
+            }
+            if !self.started || news.is_some() {
                 // `from` was checked before the session started, and is the
                 // `next` of the previous read since.
                 let read = self
@@ -110,26 +127,44 @@ impl Session {
                     return Some(self.events(read));
                 }
             }
+            // News first: a wake-up for an append then polls nothing else
+            // (the timer and the shutdown waiter stay registered from
+            // earlier polls).
             tokio::select! {
+                biased;
                 changed = self.changes.changed() => {
                     if changed.is_err() || self.changes.borrow().gone {
                         return None;
                     }
                 }
-                () = &mut self.deadline => return None,
                 () = &mut self.shutdown => return None,
+                () = &mut self.deadline => return None,
             }
         }
         None
     }
 
-    /// Whether the stream changed since the last read: a subscriber that
-    /// just sent everything up to the tail waits without reading again.
-    /// Marks the current state seen, so `changed()` reports only what comes
-    /// after it.
-    fn has_news(&mut self) -> bool {
-        let tail = self.changes.borrow_and_update();
-        tail.next != self.from || tail.closed || tail.gone
+    /// The visible tail, if the stream changed since the last read: a
+    /// subscriber that just sent everything up to the tail waits without
+    /// reading again. Marks the current state seen, so `changed()` reports
+    /// only what comes after it.
+    fn news(&mut self) -> Option<Tail> {
+        let tail = *self.changes.borrow_and_update();
+        (tail.next != self.from || tail.closed || tail.gone).then_some(tail)
+    }
+
+    /// Everything from here to `tail`, framed by another subscriber that
+    /// woke at this position for the same change, with this connection's
+    /// control fields.
+    fn shared_events(&mut self, tail: Tail) -> Option<Bytes> {
+        if tail.gone {
+            return None;
+        }
+        let shared = self.stream.shared_delivery(self.from, tail.next)?;
+        let events = self.finish_events(&shared, true, tail.closed);
+        self.from = tail.next;
+        self.finished = tail.closed;
+        Some(events)
     }
 
     /// The read's data and the control event after it, as one write so
@@ -137,34 +172,56 @@ impl Session {
     /// an event per message, as appended (what the quickstart shows);
     /// JSON (one array) and base64 streams one event per read, which the
     /// conformance suite expects to be followed by a control event.
+    ///
+    /// A read that reached the tail is what every subscriber at this
+    /// position will send next: its framing is shared with them.
     fn events(&mut self, read: ReadResult) -> Bytes {
         let up_to_date = read.up_to_date();
         let closed = read.closed && up_to_date;
-        let next = read.slice.next;
-        let mut out = BytesMut::new();
+        let (from, next) = (self.from, read.slice.next);
+        let mut framed = BytesMut::new();
         if self.stream.config.is_json() {
             if !read.slice.is_empty() {
                 let array = json::array_body(read.slice.data);
-                put_data_event(&mut out, &array, self.encoding);
+                put_data_event(&mut framed, &array, self.encoding);
             }
         } else if self.encoding == DataEncoding::Text {
             for message in read.slice.messages() {
-                put_data_event(&mut out, &message, self.encoding);
+                put_data_event(&mut framed, &message, self.encoding);
             }
         } else if !read.slice.is_empty() {
-            put_data_event(&mut out, &read.slice.data, self.encoding);
+            put_data_event(&mut framed, &read.slice.data, self.encoding);
         }
-        put_control_event(
-            &mut out,
-            &Control {
-                stream_next_offset: next,
-                stream_cursor: (!closed).then_some(self.cursor),
+        put_control_head(&mut framed, next);
+        self.from = next;
+        self.finished = closed;
+        if up_to_date && framed.len() <= MAX_SHARED_FRAMING {
+            let framed = framed.freeze();
+            self.stream.share_delivery(from, next, framed.clone());
+            self.finish_events(&framed, up_to_date, closed)
+        } else {
+            self.put_flags(&mut framed, up_to_date, closed);
+            framed.freeze()
+        }
+    }
+
+    /// `framed` (data events and a control event's head) followed by this
+    /// connection's control fields.
+    fn finish_events(&self, framed: &[u8], up_to_date: bool, closed: bool) -> Bytes {
+        let mut out = BytesMut::with_capacity(framed.len() + control_tail_len(self.cursor.len()));
+        out.extend_from_slice(framed);
+        self.put_flags(&mut out, up_to_date, closed);
+        out.freeze()
+    }
+
+    fn put_flags(&self, out: &mut BytesMut, up_to_date: bool, closed: bool) {
+        put_control_tail(
+            out,
+            &ControlFlags {
+                stream_cursor: (!closed).then_some(self.cursor.as_str()),
                 up_to_date,
                 stream_closed: closed,
             },
         );
-        self.from = next;
-        self.finished = closed;
-        out.freeze()
     }
 }

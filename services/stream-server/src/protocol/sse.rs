@@ -8,7 +8,6 @@
 use crate::protocol::offset::Offset;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
-use std::fmt::Write;
 
 /// How data events carry bytes, chosen by the stream's content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,36 +92,50 @@ pub fn put_data_event(out: &mut BytesMut, pieces: &[Bytes], encoding: DataEncodi
     out.put_u8(b'\n');
 }
 
-/// The fields of a `control` event.
+/// The fields of a `control` event that differ between connections at the
+/// same position: everything but `streamNextOffset`.
 #[derive(Debug, Clone, Copy)]
-pub struct Control {
-    pub stream_next_offset: Offset,
-    pub stream_cursor: Option<u64>,
+pub struct ControlFlags<'a> {
+    /// The connection's cursor, as decimal text.
+    pub stream_cursor: Option<&'a str>,
     pub up_to_date: bool,
     pub stream_closed: bool,
 }
 
-/// Frames a `control` event at the end of `out`: a JSON object with
-/// camel-case fields, where the cursor and the flags appear only when set.
+/// Longest [`put_control_tail`] output for a cursor of `cursor_len` bytes.
+pub const fn control_tail_len(cursor_len: usize) -> usize {
+    CURSOR_FIELD.len() + cursor_len + 1 + UP_TO_DATE_FIELD.len() + CLOSED_FIELD.len() + 3
+}
+
+const CURSOR_FIELD: &[u8] = b",\"streamCursor\":\"";
+const UP_TO_DATE_FIELD: &[u8] = b",\"upToDate\":true";
+const CLOSED_FIELD: &[u8] = b",\"streamClosed\":true";
+
+/// Frames the start of a `control` event, up to and including
+/// `streamNextOffset`: the part every connection at `next` shares.
 ///
-/// Written directly rather than through serde: every subscriber gets one
-/// per wake-up, and the values need no escaping (hex digits, `_` and
-/// decimal digits).
-pub fn put_control_event(out: &mut BytesMut, control: &Control) {
+/// A control event is a JSON object with camel-case fields, where the
+/// cursor and the flags appear only when set. It is written directly
+/// rather than through serde: every subscriber gets one per wake-up, and
+/// the values need no escaping (hex digits, `_` and decimal digits).
+pub fn put_control_head(out: &mut BytesMut, next: Offset) {
     out.put_slice(b"event: control\ndata:{\"streamNextOffset\":\"");
-    out.put_slice(&control.stream_next_offset.encode());
+    out.put_slice(&next.encode());
     out.put_u8(b'"');
-    if let Some(cursor) = control.stream_cursor {
-        out.put_slice(b",\"streamCursor\":\"");
-        // Writing into a `BytesMut` cannot fail: it grows.
-        let _ = write!(out, "{cursor}");
+}
+
+/// Frames the rest of a `control` event after [`put_control_head`].
+pub fn put_control_tail(out: &mut BytesMut, flags: &ControlFlags<'_>) {
+    if let Some(cursor) = flags.stream_cursor {
+        out.put_slice(CURSOR_FIELD);
+        out.put_slice(cursor.as_bytes());
         out.put_u8(b'"');
     }
-    if control.up_to_date {
-        out.put_slice(b",\"upToDate\":true");
+    if flags.up_to_date {
+        out.put_slice(UP_TO_DATE_FIELD);
     }
-    if control.stream_closed {
-        out.put_slice(b",\"streamClosed\":true");
+    if flags.stream_closed {
+        out.put_slice(CLOSED_FIELD);
     }
     out.put_slice(b"}\n\n");
 }
@@ -179,41 +192,49 @@ mod tests {
         assert_eq!(&event[..], b"before\nevent: data\ndata:AQIDBAUG\n\n");
     }
 
+    fn control(next: Offset, flags: &ControlFlags<'_>) -> BytesMut {
+        let mut event = BytesMut::new();
+        put_control_head(&mut event, next);
+        put_control_tail(&mut event, flags);
+        event
+    }
+
     #[test]
     fn control_fields_are_camel_case_and_optional() {
-        let open = Control {
-            stream_next_offset: Offset::new(3, 36),
-            stream_cursor: Some(7),
+        let flags = ControlFlags {
+            stream_cursor: Some("7"),
             up_to_date: true,
             stream_closed: false,
         };
-        let mut event = BytesMut::new();
-        put_control_event(&mut event, &open);
         assert_eq!(
-            &event[..],
+            &control(Offset::new(3, 36), &flags)[..],
             b"event: control\ndata:{\"streamNextOffset\":\"0000000000000003_0000000000000024\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
         );
     }
 
     proptest! {
         /// The hand-written object is the JSON serde would write for the
-        /// same fields.
+        /// same fields, and the tail never exceeds its stated bound.
         #[test]
         fn control_is_the_json_of_its_fields(
             messages: u64, bytes: u64, cursor: Option<u64>, up_to_date: bool, stream_closed: bool,
         ) {
-            let control = Control {
-                stream_next_offset: Offset::new(messages, bytes),
-                stream_cursor: cursor,
+            let next = Offset::new(messages, bytes);
+            let cursor_text = cursor.map(|c| c.to_string());
+            let flags = ControlFlags {
+                stream_cursor: cursor_text.as_deref(),
                 up_to_date,
                 stream_closed,
             };
-            let mut event = BytesMut::new();
-            put_control_event(&mut event, &control);
+            let event = control(next, &flags);
+            let mut head = BytesMut::new();
+            put_control_head(&mut head, next);
+            let tail_len = event.len() - head.len();
+            prop_assert!(tail_len <= control_tail_len(cursor_text.as_ref().map_or(0, String::len)));
             let text = std::str::from_utf8(&event).unwrap();
             let json = text.strip_prefix("event: control\ndata:").unwrap().strip_suffix("\n\n").unwrap();
             let mut expected = serde_json::json!({
-                "streamNextOffset": control.stream_next_offset.to_string(),
+                "streamNextOffset": next.to_string(),
             });
             if let Some(cursor) = cursor {
                 expected["streamCursor"] = cursor.to_string().into();

@@ -5,6 +5,7 @@ use super::error::StreamError;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
 use crate::storage::{LogSlice, StorageError, StreamLog};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -121,6 +122,17 @@ pub struct Stream {
     /// removed earlier in this process; part of the ETag, so this stream's
     /// tags never match the earlier one's (§ "ETag": the stream id).
     pub recreation: u32,
+    /// The newest live delivery as framed for subscribers (see
+    /// [`Stream::shared_delivery`]).
+    delivery: Mutex<Option<Delivery>>,
+}
+
+/// Framed bytes of the stream's data from `from` to `next`.
+#[derive(Debug)]
+struct Delivery {
+    from: Offset,
+    next: Offset,
+    framed: Bytes,
 }
 
 /// A read's answer: data ending on a message boundary, and where it ended.
@@ -157,6 +169,7 @@ impl Stream {
             visible: watch::Sender::new(visible),
             blocking_reads,
             recreation,
+            delivery: Mutex::new(None),
         }
     }
 
@@ -185,6 +198,29 @@ impl Stream {
             *tail = merged;
             changed
         });
+    }
+
+    /// The framing a live reader kept with [`Stream::share_delivery`] for
+    /// the data from `from` to `next`, if that is the newest one kept.
+    ///
+    /// Every subscriber at the same position wakes for the same append and
+    /// would read and frame the same bytes: the first one keeps its
+    /// framing here and the others copy it. Stored data never changes, so
+    /// the framing of a range stays right for as long as the stream lives.
+    pub fn shared_delivery(&self, from: Offset, next: Offset) -> Option<Bytes> {
+        match &*self.delivery.lock() {
+            Some(kept) if kept.from == from && kept.next == next => Some(kept.framed.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `framed`, the framing of the data from `from` to `next`, for
+    /// [`Stream::shared_delivery`], in place of the one kept before; only
+    /// while someone else watches the stream, who could use it.
+    pub fn share_delivery(&self, from: Offset, next: Offset, framed: Bytes) {
+        if self.visible.receiver_count() > 1 {
+            *self.delivery.lock() = Some(Delivery { from, next, framed });
+        }
     }
 
     /// Waits until the stream's durable state has caught up with `next`
