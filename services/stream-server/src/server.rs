@@ -1,17 +1,22 @@
 //! Running the server: state, background expiry sweeps, the listener (plain
 //! or TLS), and graceful shutdown.
+//!
+//! * [`connections`] — accepting, serving and draining connections.
+//! * [`tls`] — loading the certificate and key.
+
+mod connections;
+pub mod tls;
 
 use crate::config::Config;
 use crate::http::{AppState, Settings, Shared, app};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
-use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tls::TlsError;
 
 /// How often expired streams are reclaimed in the background (requests
 /// also check expiry themselves, to the millisecond).
@@ -26,7 +31,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("cannot load TLS certificate or key: {0}")]
-    Tls(std::io::Error),
+    Tls(#[from] TlsError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -62,11 +67,11 @@ pub async fn serve(
         },
     };
     let streams = Arc::new(Streams::open(Arc::clone(&engine), limits)?);
-    let scheme = if config.tls.cert_path.is_some() {
-        "https"
-    } else {
-        "http"
+    let tls = match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
     match config.storage.mode {
         StorageMode::Memory => tracing::info!(
@@ -89,46 +94,20 @@ pub async fn serve(
     let router = app(state, config.cors_origins());
     tokio::spawn(sweep_expired(streams, token.clone()));
 
-    let handle = Handle::new();
     let grace = config.shutdown_grace();
-    tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: ending live reads, draining requests");
-            token.cancel();
-            handle.graceful_shutdown(Some(grace));
-        }
-    });
-
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending live reads, draining requests");
+        token.cancel();
+    };
     // The connection hands over hyper's body type; the routes read axum's.
     let service = tower::ServiceBuilder::new()
         .map_request(|request: http::Request<hyper::body::Incoming>| {
             request.map(axum::body::Body::new)
         })
         .service(router);
-    let service =
-        axum::ServiceExt::<http::Request<hyper::body::Incoming>>::into_make_service(service);
-    match (&config.tls.cert_path, &config.tls.key_path) {
-        (Some(cert), Some(key)) => {
-            // Both crates may be linked with ring; choosing explicitly avoids
-            // a runtime panic when more than one provider is present.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(ServeError::Tls)?;
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle)
-                .serve(service)
-                .await?;
-        }
-        _ => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await?;
-        }
-    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    connections::serve(listener, tls, service, shutdown, grace).await;
     // Requests have drained: make everything acknowledged durable.
     engine.flush()?;
     tracing::info!("server stopped");

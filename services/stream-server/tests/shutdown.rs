@@ -81,3 +81,44 @@ async fn an_idle_server_stops_at_once() {
         started.elapsed()
     );
 }
+
+/// A request that never completes (half its body sent) holds a connection
+/// open: the drain waits for it only as long as the grace period, then
+/// closes it, and `serve` still returns `Ok`.
+#[tokio::test]
+async fn connections_still_open_after_the_grace_period_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start_with(|c| c.server.shutdown_grace_secs = 0.5).await;
+    server.create("s", "text/plain").await;
+    let mut stalled = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(
+            b"POST /v1/stream/s HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nhalf",
+        )
+        .await
+        .expect("send half a request");
+    // Let the server start reading the request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    server.trigger_shutdown();
+    let served = server.stopped(Duration::from_secs(3)).await;
+    assert!(served.is_ok(), "serve() failed: {served:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "the stalled request was given its grace period: {took:?}"
+    );
+    // Closed (a clean end or a reset), with nothing answered.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the connection was closed");
+    assert!(
+        rest.is_empty(),
+        "the unfinished request got an answer: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
