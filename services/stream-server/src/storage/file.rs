@@ -666,7 +666,15 @@ fn frame_in_place(framed: &mut [u8]) {
 /// Encodes one request's changes as a framed record, advancing `tail`.
 fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8> {
     let mut flags = 0;
-    let mut body = vec![KIND_MUTATION, 0];
+    // The header is filled in last; the body's fixed parts and the data
+    // are sized up front so the record is built in one allocation.
+    let data_len = mutation
+        .data
+        .as_ref()
+        .map_or(0, |m| 20 + 4 * m.ends.len() + m.encoded.len());
+    let mut body = Vec::with_capacity(HEADER + 2 + data_len + 64);
+    body.extend_from_slice(&[0; HEADER]);
+    body.extend_from_slice(&[KIND_MUTATION, 0]);
     if let Some(messages) = &mutation.data {
         flags |= HAS_DATA;
         let end = tail.bytes + messages.encoded.len() as u64;
@@ -699,8 +707,9 @@ fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8> {
             body.extend_from_slice(&seq.to_le_bytes());
         }
     }
-    body[1] = flags;
-    frame(&body)
+    body[HEADER + 1] = flags;
+    frame_in_place(&mut body);
+    body
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
