@@ -13,14 +13,18 @@ use crate::scope::Scope;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
+use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
 use percent_encoding::percent_decode_str;
 use service_common::cors::BrowserCorsLayer;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tower::{Service, ServiceBuilder};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -37,7 +41,7 @@ pub type SharedGateway = Arc<Gateway>;
 
 /// The complete application.
 ///
-/// The middleware wraps the router instead of being added with
+/// The middleware wraps the routes instead of being added with
 /// `Router::layer`, which would wrap every route in each layer separately:
 /// per request, that is a boxed clone and a boxed future for every layer.
 pub fn app(
@@ -47,15 +51,13 @@ pub fn app(
 + Send
 + Sync
 + 'static {
-    let base = gateway.config.http.stream_base_path.clone();
     let cors = cors(gateway.config.cors_origins());
-    let routes = Router::new()
+    let others = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .nest("/admin", admin::routes())
-        .route(&format!("{base}/{{*path}}"), any(stream))
         .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
-        .with_state(gateway);
+        .with_state(gateway.clone());
     ServiceBuilder::new()
         // axum's server takes its own body type.
         .map_response(IntoResponse::into_response)
@@ -72,7 +74,54 @@ pub fn app(
             HeaderValue::from_static("nosniff"),
         ))
         .layer(cors)
-        .service(routes)
+        .service(Routes { gateway, others })
+}
+
+/// Stream URLs go straight to [`stream`], everything else to the router.
+///
+/// Telling them apart is one prefix comparison; a wildcard route in the
+/// router would also percent-decode the stream path and store it in the
+/// request's extensions on every request, for a handler that reads the URI
+/// itself.
+#[derive(Clone)]
+struct Routes {
+    gateway: SharedGateway,
+    others: Router,
+}
+
+impl Service<Request> for Routes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+        <Router as Service<Request>>::Future,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Neither side holds back requests: the router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let base = &self.gateway.config.http.stream_base_path;
+        if stream_path_of(base, request.uri().path()).is_some() {
+            let gateway = self.gateway.clone();
+            Either::Left(Box::pin(async move {
+                Ok(stream(gateway, request)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response))
+            }))
+        } else {
+            Either::Right(self.others.call(request))
+        }
+    }
+}
+
+/// The part of `path` after `{base}/`, when it names a stream (is not empty).
+fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(base)?
+        .strip_prefix('/')
+        .filter(|rest| !rest.is_empty())
 }
 
 fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
@@ -128,10 +177,7 @@ pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, Ga
 }
 
 /// Any request to a stream URL: authenticated, authorised, then proxied.
-async fn stream(
-    State(gateway): State<SharedGateway>,
-    request: Request,
-) -> Result<Response, GatewayError> {
+async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let Caller {
         grant,
@@ -140,14 +186,7 @@ async fn stream(
     let scope =
         Scope::for_stream_method(parts.method.as_str()).ok_or(GatewayError::MethodNotAllowed)?;
     let base = gateway.config.http.stream_base_path.as_str();
-    let path = stream_path(
-        parts
-            .uri
-            .path()
-            .strip_prefix(base)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .unwrap_or_default(),
-    )?;
+    let path = stream_path(stream_path_of(base, parts.uri.path()).unwrap_or_default())?;
     if !grant.allows(scope, &path) {
         return Err(GatewayError::InsufficientScope {
             scope,
@@ -224,6 +263,16 @@ fn public_origin(config: &Config, parts: &Parts) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_urls_are_the_non_empty_paths_under_the_base() {
+        let base = "/v1/stream";
+        assert_eq!(stream_path_of(base, "/v1/stream/a/b"), Some("a/b"));
+        assert_eq!(stream_path_of(base, "/v1/stream/"), None);
+        assert_eq!(stream_path_of(base, "/v1/stream"), None);
+        assert_eq!(stream_path_of(base, "/v1/streamx/a"), None);
+        assert_eq!(stream_path_of(base, "/healthz"), None);
+    }
 
     #[test]
     fn stream_paths_decode_and_refuse_traversal() {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Stack, challenge, inspecting_upstream, wait_for_flag};
+use common::{Stack, challenge, inspecting_upstream, send, wait_for_flag};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use std::sync::atomic::Ordering;
@@ -92,6 +92,38 @@ async fn location_points_at_the_public_url() {
         response.headers()["location"],
         "https://streams.example/v1/stream/chat/one"
     );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn head_answers_pass_through_as_upstream_sent_them() {
+    let stack = Stack::start().await;
+    let token = stack.issue("alice", &["read", "write"], &["**"]).await;
+    stack.create(&stack.url("head/a"), &token.token).await;
+    let appended = send(
+        stack
+            .client
+            .post(stack.url("head/a"))
+            .bearer_auth(&token.token)
+            .header("content-type", "text/plain")
+            .body("hello"),
+    )
+    .await;
+    assert_eq!(appended.status(), StatusCode::NO_CONTENT);
+    let through = stack
+        .call(Method::HEAD, &stack.url("head/a"), &token.token)
+        .await;
+    let direct = send(stack.client.head(stack.upstream_url("head/a"))).await;
+    assert_eq!(through.status(), StatusCode::OK);
+    // No Content-Length upstream did not send: a HEAD's would claim the
+    // size of the GET's body.
+    for name in ["content-length", "content-type", "stream-next-offset"] {
+        assert_eq!(
+            through.headers().get(name),
+            direct.headers().get(name),
+            "{name}"
+        );
+    }
     stack.finish().await;
 }
 
