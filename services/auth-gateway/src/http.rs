@@ -220,7 +220,6 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
         identity: Some(grant.identity.clone()),
         query: forward_query,
         client_addr,
-        public_origin: public_origin(&gateway.config, &parts),
     };
     gateway
         .upstream
@@ -243,21 +242,6 @@ fn stream_path(raw: &str) -> Result<String, GatewayError> {
         ));
     }
     Ok(decoded.into_owned())
-}
-
-/// Scheme and authority clients reach the gateway at: configured, or the
-/// request's own `Host`.
-fn public_origin(config: &Config, parts: &Parts) -> String {
-    if let Some(url) = &config.server.public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! (RFC 9110 §7.6.1) stay on their hop; credentials never travel upstream;
 //! identity headers are the gateway's own; `Location` points at the gateway.
 
+use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 use http_body_util::{LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
@@ -64,8 +66,6 @@ pub struct Forwarding {
     /// The query to send upstream (credentials removed).
     pub query: Option<String>,
     pub client_addr: Option<SocketAddr>,
-    /// Scheme and authority clients use for the gateway.
-    pub public_origin: String,
 }
 
 /// The pooled client for one stream-server.
@@ -74,28 +74,63 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     /// `http://host:port`, no trailing slash.
     origin: String,
+    /// The parts of `origin` every upstream URI is built from, parsed once.
+    scheme: Scheme,
+    authority: Authority,
+    /// The path of `origin` (no trailing slash), put before every request's.
+    path_prefix: String,
+    /// The `Host` upstream requests carry: `origin`'s host and non-default
+    /// port, as the client would otherwise format per request.
+    host: HeaderValue,
+    /// `server.public_url` without a trailing slash.
+    public_origin: Option<String>,
     max_body_bytes: u64,
 }
 
 impl Upstream {
-    pub fn new(
-        origin: &str,
-        connect_timeout: Duration,
-        max_idle: usize,
-        max_body_bytes: u64,
-    ) -> Upstream {
+    pub fn new(config: &Config) -> Result<Upstream, ConfigError> {
+        let origin = config.upstream.url.trim_end_matches('/');
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "upstream.url",
+            reason,
+        };
+        let uri: Uri = origin
+            .parse()
+            .map_err(|e| invalid(format!("is not a URL: {e}")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(invalid(format!("must be http://host:port, got {origin:?}")));
+        };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port(scheme) => {
+                HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+            }
+            _ => HeaderValue::from_str(authority.host()),
+        }
+        .map_err(|e| invalid(format!("host is not a header value: {e}")))?;
+
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_connect_timeout(Some(Duration::from_millis(
+            config.upstream.connect_timeout_ms,
+        )));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(max_idle)
+            .pool_max_idle_per_host(config.upstream.max_idle_connections)
             .build(connector);
-        Upstream {
+        Ok(Upstream {
             client,
-            origin: origin.trim_end_matches('/').to_owned(),
-            max_body_bytes,
-        }
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+            host,
+            origin: origin.to_owned(),
+            public_origin: config
+                .server
+                .public_url
+                .as_deref()
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            max_body_bytes: config.limits.max_request_body_bytes,
+        })
     }
 
     pub fn origin(&self) -> &str {
@@ -130,16 +165,16 @@ impl Upstream {
                 limit: self.max_body_bytes,
             });
         }
-        let path = parts.uri.path();
-        let target = match &forwarding.query {
-            Some(query) => format!("{}{path}?{query}", self.origin),
-            None => format!("{}{path}", self.origin),
-        };
-        parts.uri = target
-            .parse()
-            .map_err(|_| GatewayError::BadRequest("request URL cannot be forwarded".into()))?;
-        let original_host = parts.headers.get(header::HOST).cloned();
-        prepare_request_headers(&mut parts.headers, &forwarding, original_host);
+        let target = self
+            .target(&parts.uri, forwarding.query.as_deref())
+            .ok_or_else(|| GatewayError::BadRequest("request URL cannot be forwarded".into()))?;
+        let client_uri = std::mem::replace(&mut parts.uri, target);
+        let client_host = prepare_request_headers(
+            &mut parts.headers,
+            &forwarding,
+            &self.host,
+            self.public_is_https(),
+        );
         // The pool speaks HTTP/1.1 to stream-server whatever the client used.
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
@@ -156,9 +191,59 @@ impl Upstream {
             }
         })?;
         let (mut parts, body) = response.into_parts();
-        prepare_response_headers(&mut parts.headers, &self.origin, &forwarding.public_origin);
+        let public_origin = || self.public_origin_for(client_host.as_ref(), &client_uri);
+        prepare_response_headers(&mut parts.headers, &self.origin, public_origin);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
+
+    /// The upstream URI for a client's request URI and the query to send.
+    /// Most requests keep their path and query as they are: then the
+    /// original's (shared) bytes are reused, nothing is parsed again.
+    fn target(&self, client_uri: &Uri, query: Option<&str>) -> Option<Uri> {
+        let path_and_query = match client_uri.path_and_query() {
+            Some(original) if self.path_prefix.is_empty() && original.query() == query => {
+                original.clone()
+            }
+            _ => {
+                let mut target = format!("{}{}", self.path_prefix, client_uri.path());
+                if let Some(query) = query {
+                    target.push('?');
+                    target.push_str(query);
+                }
+                PathAndQuery::try_from(target).ok()?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
+    }
+
+    /// Scheme and authority clients reach the gateway at: configured, or
+    /// the request's own `Host`.
+    fn public_origin_for(&self, client_host: Option<&HeaderValue>, client_uri: &Uri) -> String {
+        if let Some(origin) = &self.public_origin {
+            return origin.clone();
+        }
+        let host = client_host
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| client_uri.authority().map(Authority::as_str))
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+
+    /// Whether clients reach the gateway over TLS (`X-Forwarded-Proto`).
+    fn public_is_https(&self) -> bool {
+        self.public_origin
+            .as_deref()
+            .is_some_and(|origin| origin.starts_with("https:"))
+    }
+}
+
+fn default_port(scheme: &Scheme) -> u16 {
+    if *scheme == Scheme::HTTPS { 443 } else { 80 }
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -195,17 +280,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Makes a client's request headers the upstream request's: `Host` becomes
+/// `upstream_host`; the client's is returned (it also goes out as
+/// `X-Forwarded-Host`).
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     forwarding: &Forwarding,
-    original_host: Option<HeaderValue>,
-) {
+    upstream_host: &HeaderValue,
+    public_is_https: bool,
+) -> Option<HeaderValue> {
     strip_hop_by_hop(headers);
+    let client_host = headers.insert(header::HOST, upstream_host.clone());
     // Credentials end at the gateway; identity is the gateway's to assert.
     for name in [
         header::AUTHORIZATION,
         header::PROXY_AUTHORIZATION,
-        header::HOST,
         X_AUTH_SUBJECT,
         X_AUTH_TOKEN_ID,
     ] {
@@ -228,18 +317,21 @@ fn prepare_request_headers(
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = &client_host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    let proto = if forwarding.public_origin.starts_with("https:") {
-        "https"
-    } else {
-        "http"
-    };
+    let proto = if public_is_https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    client_host
 }
 
-fn prepare_response_headers(headers: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
+/// Makes upstream's response headers the client's. `public_origin` is
+/// only worked out when a `Location` header needs it.
+fn prepare_response_headers(
+    headers: &mut HeaderMap,
+    upstream_origin: &str,
+    public_origin: impl FnOnce() -> String,
+) {
     strip_hop_by_hop(headers);
     // The gateway's CORS layer answers for itself; upstream's copies would
     // duplicate (and could contradict) them. That includes the CORS part of
@@ -276,7 +368,7 @@ fn prepare_response_headers(headers: &mut HeaderMap, upstream_origin: &str, publ
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|location| location.strip_prefix(upstream_origin))
-        .and_then(|rest| HeaderValue::from_str(&format!("{public_origin}{rest}")).ok());
+        .and_then(|rest| HeaderValue::from_str(&format!("{}{rest}", public_origin())).ok());
     if let Some(location) = rewritten {
         headers.insert(header::LOCATION, location);
     }
@@ -291,8 +383,14 @@ mod tests {
             identity: Some(Identity::new("alice", "t-1")),
             query: None,
             client_addr: Some("10.0.0.7:5000".parse().expect("addr")),
-            public_origin: "https://streams.example.com".into(),
         }
+    }
+
+    fn upstream(url: &str, public_url: Option<&str>) -> Upstream {
+        let mut config = Config::default();
+        config.upstream.url = url.into();
+        config.server.public_url = public_url.map(Into::into);
+        Upstream::new(&config).expect("upstream")
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -322,9 +420,12 @@ mod tests {
             ("stream-seq", "42"),
             ("producer-id", "p"),
             ("content-type", "text/plain"),
+            ("host", "streams.example.com"),
         ]);
-        let host = Some(HeaderValue::from_static("streams.example.com"));
-        prepare_request_headers(&mut headers, &forwarding(), host);
+        let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
+        let client_host =
+            prepare_request_headers(&mut headers, &forwarding(), &upstream_host, true);
+        assert_eq!(client_host.expect("client's host"), "streams.example.com");
         for gone in [
             "connection",
             "x-private-hop",
@@ -333,10 +434,10 @@ mod tests {
             "upgrade",
             "authorization",
             "proxy-authorization",
-            "host",
         ] {
             assert!(headers.get(gone).is_none(), "{gone} must not be forwarded");
         }
+        assert_eq!(headers["host"], "127.0.0.1:4437");
         assert_eq!(headers["x-auth-subject"], "alice");
         assert_eq!(headers["x-auth-token-id"], "t-1");
         assert_eq!(headers.get_all("x-auth-subject").iter().count(), 1);
@@ -357,11 +458,9 @@ mod tests {
             ("stream-next-offset", "0000000000000000_0000000000000000"),
             ("transfer-encoding", "chunked"),
         ]);
-        prepare_response_headers(
-            &mut headers,
-            "http://127.0.0.1:4437",
-            "https://streams.example.com",
-        );
+        prepare_response_headers(&mut headers, "http://127.0.0.1:4437", || {
+            "https://streams.example.com".into()
+        });
         assert_eq!(
             headers["location"],
             "https://streams.example.com/v1/stream/chat/a"
@@ -375,6 +474,79 @@ mod tests {
         assert_eq!(
             headers["stream-next-offset"],
             "0000000000000000_0000000000000000"
+        );
+    }
+
+    #[test]
+    fn public_origin_is_worked_out_only_for_a_location() {
+        let mut headers = map(&[("stream-next-offset", "0000000000000000_0000000000000000")]);
+        prepare_response_headers(&mut headers, "http://127.0.0.1:4437", || {
+            panic!("no Location to rewrite")
+        });
+    }
+
+    #[test]
+    fn upstream_host_is_the_origins_host_and_non_default_port() {
+        let host = |url| upstream(url, None).host;
+        assert_eq!(host("http://127.0.0.1:4437"), "127.0.0.1:4437");
+        assert_eq!(host("http://127.0.0.1:4437/"), "127.0.0.1:4437");
+        assert_eq!(host("http://streams:80"), "streams");
+        assert_eq!(host("http://streams"), "streams");
+        assert_eq!(host("http://user:pw@[::1]:81/base"), "[::1]:81");
+        let mut config = Config::default();
+        config.upstream.url = "/no/authority".into();
+        assert!(Upstream::new(&config).is_err());
+    }
+
+    #[test]
+    fn targets_keep_path_and_query_under_the_origins_path() {
+        let plain = upstream("http://127.0.0.1:4437", None);
+        let client: Uri = "/v1/stream/a%20b?offset=-1&live=sse".parse().expect("uri");
+        let target = |upstream: &Upstream, query| {
+            upstream.target(&client, query).expect("target").to_string()
+        };
+        assert_eq!(
+            target(&plain, Some("offset=-1&live=sse")),
+            "http://127.0.0.1:4437/v1/stream/a%20b?offset=-1&live=sse"
+        );
+        assert_eq!(
+            target(&plain, Some("offset=-1")),
+            "http://127.0.0.1:4437/v1/stream/a%20b?offset=-1"
+        );
+        assert_eq!(
+            target(&plain, None),
+            "http://127.0.0.1:4437/v1/stream/a%20b"
+        );
+        let prefixed = upstream("http://streams:8000/base/", None);
+        assert_eq!(
+            target(&prefixed, Some("offset=-1&live=sse")),
+            "http://streams:8000/base/v1/stream/a%20b?offset=-1&live=sse"
+        );
+    }
+
+    #[test]
+    fn public_origin_is_configured_or_the_clients_host() {
+        let client: Uri = "/v1/stream/a".parse().expect("uri");
+        let configured = upstream("http://127.0.0.1:4437", Some("https://streams.example/"));
+        assert!(configured.public_is_https());
+        assert_eq!(
+            configured.public_origin_for(Some(&HeaderValue::from_static("x")), &client),
+            "https://streams.example"
+        );
+        let unconfigured = upstream("http://127.0.0.1:4437", None);
+        assert!(!unconfigured.public_is_https());
+        assert_eq!(
+            unconfigured.public_origin_for(Some(&HeaderValue::from_static("gw:8080")), &client),
+            "http://gw:8080"
+        );
+        let absolute: Uri = "http://gw.example/v1/stream/a".parse().expect("uri");
+        assert_eq!(
+            unconfigured.public_origin_for(None, &absolute),
+            "http://gw.example"
+        );
+        assert_eq!(
+            unconfigured.public_origin_for(None, &client),
+            "http://localhost"
         );
     }
 

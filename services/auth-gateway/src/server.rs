@@ -52,12 +52,7 @@ pub fn gateway(config: Config) -> Result<SharedGateway, ServeError> {
         store,
         config.cache_ttl(),
     ));
-    let upstream = Upstream::new(
-        &config.upstream.url,
-        Duration::from_millis(config.upstream.connect_timeout_ms),
-        config.upstream.max_idle_connections,
-        config.limits.max_request_body_bytes,
-    );
+    let upstream = Upstream::new(&config)?;
     let limiter = RateLimiter::new(config.limits.rate_per_second, config.limits.burst);
     Ok(Arc::new(Gateway {
         config,
