@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 use http_body_util::{LengthLimitError, Limited};
@@ -267,15 +267,26 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+///
+/// Most messages carry none, so each name present is compared once with
+/// the list rather than every name on the list looked up.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let mut hops: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if hops.is_empty() {
+        return;
+    }
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    hops.extend(named);
+    for name in hops {
         headers.remove(name);
     }
 }
@@ -289,29 +300,31 @@ fn prepare_request_headers(
     upstream_host: &HeaderValue,
     public_is_https: bool,
 ) -> Option<HeaderValue> {
+    let client_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers);
-    let client_host = headers.insert(header::HOST, upstream_host.clone());
-    // Credentials end at the gateway; identity is the gateway's to assert.
-    for name in [
-        header::AUTHORIZATION,
-        header::PROXY_AUTHORIZATION,
-        X_AUTH_SUBJECT,
-        X_AUTH_TOKEN_ID,
+    headers.insert(header::HOST, upstream_host.clone());
+    // Credentials end at the gateway; identity is the gateway's to assert
+    // (inserting replaces whatever the client sent).
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    let identity = forwarding.identity.as_ref();
+    for (name, value) in [
+        (X_AUTH_SUBJECT, identity.and_then(|i| i.subject.as_ref())),
+        (X_AUTH_TOKEN_ID, identity.and_then(|i| i.token_id.as_ref())),
     ] {
-        headers.remove(name);
-    }
-    if let Some(identity) = &forwarding.identity {
-        if let Some(subject) = &identity.subject {
-            headers.insert(X_AUTH_SUBJECT, subject.clone());
-        }
-        if let Some(id) = &identity.token_id {
-            headers.insert(X_AUTH_TOKEN_ID, id.clone());
-        }
+        match value {
+            Some(value) => headers.insert(name, value.clone()),
+            None => headers.remove(name),
+        };
     }
     if let Some(addr) = forwarding.client_addr {
-        let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {}", addr.ip()),
-            None => addr.ip().to_string(),
+        let ip = addr.ip();
+        let chain = match headers.entry(X_FORWARDED_FOR) {
+            Entry::Occupied(earlier) => match earlier.get().to_str() {
+                Ok(earlier) => format!("{earlier}, {ip}"),
+                Err(_) => ip.to_string(),
+            },
+            Entry::Vacant(_) => ip.to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&chain) {
             headers.insert(X_FORWARDED_FOR, value);
@@ -344,25 +357,23 @@ fn prepare_response_headers(
     for name in cors {
         headers.remove(name);
     }
-    let vary: Vec<String> = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|field| {
-            !field.eq_ignore_ascii_case("origin")
-                && !field
-                    .to_ascii_lowercase()
-                    .starts_with("access-control-request-")
-        })
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::VARY);
-    if !vary.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&vary.join(", "))
-    {
-        headers.insert(header::VARY, value);
+    if let Entry::Occupied(mut vary) = headers.entry(header::VARY) {
+        let kept = vary
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|field| !is_cors_vary_field(field))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match HeaderValue::from_str(&kept) {
+            Ok(value) if !kept.is_empty() => {
+                vary.insert(value);
+            }
+            _ => {
+                vary.remove();
+            }
+        }
     }
     let rewritten = headers
         .get(header::LOCATION)
@@ -372,6 +383,15 @@ fn prepare_response_headers(
     if let Some(location) = rewritten {
         headers.insert(header::LOCATION, location);
     }
+}
+
+/// Whether a `Vary` field is one the CORS layer varies on.
+fn is_cors_vary_field(field: &str) -> bool {
+    const REQUEST_HEADERS: &str = "access-control-request-";
+    field.eq_ignore_ascii_case("origin")
+        || field
+            .get(..REQUEST_HEADERS.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(REQUEST_HEADERS))
 }
 
 #[cfg(test)]
@@ -449,12 +469,43 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_the_gateway_cannot_assert_are_still_removed() {
+        let mut headers = map(&[
+            ("x-auth-subject", "mallory"),
+            ("x-auth-token-id", "forged"),
+            ("connection", "host"),
+            ("host", "gw.example"),
+        ]);
+        let opaque = HeaderValue::from_bytes(b"\xff").expect("opaque value");
+        headers.insert("x-forwarded-for", opaque);
+        let forwarding = Forwarding {
+            identity: Some(Identity {
+                subject: None,
+                token_id: None,
+            }),
+            ..forwarding()
+        };
+        let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
+        prepare_request_headers(&mut headers, &forwarding, &upstream_host, false);
+        assert!(headers.get("x-auth-subject").is_none());
+        assert!(headers.get("x-auth-token-id").is_none());
+        assert_eq!(
+            headers["x-forwarded-for"], "10.0.0.7",
+            "an unreadable chain restarts"
+        );
+        assert_eq!(headers["host"], "127.0.0.1:4437");
+        assert_eq!(headers["x-forwarded-host"], "gw.example");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
     fn response_location_points_at_the_gateway() {
         let mut headers = map(&[
             ("location", "http://127.0.0.1:4437/v1/stream/chat/a"),
             ("access-control-allow-origin", "*"),
-            ("vary", "origin, access-control-request-method"),
-            ("vary", "accept-encoding"),
+            ("vary", "Origin, Access-Control-Request-Method"),
+            ("vary", "accept-encoding, access-control-request-headers"),
+            ("vary", "accept, access-control-requester"),
             ("stream-next-offset", "0000000000000000_0000000000000000"),
             ("transfer-encoding", "chunked"),
         ]);
@@ -468,8 +519,16 @@ mod tests {
         assert!(headers.get("access-control-allow-origin").is_none());
         assert_eq!(
             headers.get_all("vary").iter().collect::<Vec<_>>(),
-            ["accept-encoding"]
+            ["accept-encoding, accept, access-control-requester"]
         );
+        let mut only_cors = map(&[
+            ("vary", "origin"),
+            ("vary", "access-control-request-method"),
+        ]);
+        prepare_response_headers(&mut only_cors, "http://127.0.0.1:4437", || {
+            panic!("no Location")
+        });
+        assert!(only_cors.get("vary").is_none());
         assert!(headers.get("transfer-encoding").is_none());
         assert_eq!(
             headers["stream-next-offset"],
