@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::error::GatewayError;
 use crate::grant::Grant;
-use crate::proxy::{Forwarding, Upstream};
+use crate::proxy::{ClientIp, Forwarding, Upstream};
 use crate::rate_limit::RateLimiter;
 use crate::scope::Scope;
 use axum::Router;
@@ -21,7 +21,6 @@ use percent_encoding::percent_decode_str;
 use service_common::cors::BrowserCorsLayer;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -212,14 +211,14 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
         }
     }
 
-    let client_addr = parts
+    let client_ip = parts
         .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
+        .get::<ConnectInfo<ClientIp>>()
+        .and_then(|info| info.0.forwarded_for.clone());
     let forwarding = Forwarding {
         identity: Some(grant.identity.clone()),
         query: forward_query,
-        client_addr,
+        client_ip,
     };
     gateway
         .upstream

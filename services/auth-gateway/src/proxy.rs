@@ -11,7 +11,9 @@ use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
 use axum::body::Body;
 use axum::extract::Request;
+use axum::extract::connect_info::Connected;
 use axum::response::Response;
+use axum::serve::IncomingStream;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
@@ -19,8 +21,9 @@ use http_body_util::{LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// Subject of the token that authorised the request.
 pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -59,13 +62,38 @@ impl Identity {
     }
 }
 
+/// The IP address a connection comes from, rendered once per connection as
+/// the entry this hop adds to `X-Forwarded-For` (formatting an address is
+/// most of what that header costs per request).
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    /// `None` only if the text could not be a header value, which the text
+    /// of an IP address always can.
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+impl ClientIp {
+    pub fn new(ip: IpAddr) -> ClientIp {
+        ClientIp {
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for ClientIp {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> ClientIp {
+        ClientIp::new(stream.remote_addr().ip())
+    }
+}
+
 /// What the handler learned about a request that the proxy needs.
 #[derive(Debug)]
 pub struct Forwarding {
     pub identity: Option<Identity>,
     /// The query to send upstream (credentials removed).
     pub query: Option<String>,
-    pub client_addr: Option<SocketAddr>,
+    /// The client's address as [`ClientIp`] renders it.
+    pub client_ip: Option<HeaderValue>,
 }
 
 /// The pooled client for one stream-server.
@@ -317,17 +345,24 @@ fn prepare_request_headers(
             None => headers.remove(name),
         };
     }
-    if let Some(addr) = forwarding.client_addr {
-        let ip = addr.ip();
-        let chain = match headers.entry(X_FORWARDED_FOR) {
-            Entry::Occupied(earlier) => match earlier.get().to_str() {
-                Ok(earlier) => format!("{earlier}, {ip}"),
-                Err(_) => ip.to_string(),
-            },
-            Entry::Vacant(_) => ip.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert(X_FORWARDED_FOR, value);
+    if let Some(client_ip) = &forwarding.client_ip {
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(slot) => {
+                slot.insert(client_ip.clone());
+            }
+            Entry::Occupied(mut earlier) => {
+                // A chain that is not text starts over at this hop.
+                let chain = match earlier.get().to_str() {
+                    Ok(text) => HeaderValue::from_bytes(
+                        &[text.as_bytes(), b", ", client_ip.as_bytes()].concat(),
+                    )
+                    .ok(),
+                    Err(_) => Some(client_ip.clone()),
+                };
+                if let Some(chain) = chain {
+                    earlier.insert(chain);
+                }
+            }
         }
     }
     if let Some(host) = &client_host {
@@ -402,7 +437,7 @@ mod tests {
         Forwarding {
             identity: Some(Identity::new("alice", "t-1")),
             query: None,
-            client_addr: Some("10.0.0.7:5000".parse().expect("addr")),
+            client_ip: ClientIp::new("10.0.0.7".parse().expect("ip")).forwarded_for,
         }
     }
 
@@ -607,6 +642,14 @@ mod tests {
             unconfigured.public_origin_for(None, &client),
             "http://localhost"
         );
+    }
+
+    #[test]
+    fn client_ips_render_as_forwarded_for_entries() {
+        let rendered = |ip: &str| ClientIp::new(ip.parse().expect("ip")).forwarded_for;
+        assert_eq!(rendered("10.0.0.7").expect("v4"), "10.0.0.7");
+        assert_eq!(rendered("::1").expect("v6"), "::1");
+        assert_eq!(rendered("2001:db8::7").expect("v6"), "2001:db8::7");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::authenticator::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::http::{Gateway, SharedGateway, app};
-use crate::proxy::Upstream;
+use crate::proxy::{ClientIp, Upstream};
 use crate::rate_limit::RateLimiter;
 use crate::store::{StoreError, TokenStore};
 use std::future::{Future, IntoFuture};
@@ -112,15 +112,14 @@ pub async fn serve(
         tracing::info!("shutting down; waiting up to {grace:?} for open requests");
         let _ = started_tx.send(());
     };
-    let server =
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app(gateway.clone())),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let server = axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<ClientIp>(
+            app(gateway.clone()),
+        ),
+    )
+    .with_graceful_shutdown(signal)
+    .into_future();
     // Live reads (SSE, long-poll) may never finish on their own.
     let grace_over = async move {
         if started_rx.await.is_ok() {
