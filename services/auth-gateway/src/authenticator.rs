@@ -31,8 +31,29 @@ pub const UNLISTENED_TTL: Duration = Duration::from_secs(1);
 /// Most verified tokens remembered; past this the memo starts over.
 const VERIFIED_CAPACITY: usize = 100_000;
 
+/// How many of a token's last bytes find it in the memo.
+const TAIL_LEN: usize = 16;
+
 /// Pause between attempts to (re)establish `LISTEN`.
 const RELISTEN_DELAY: Duration = Duration::from_millis(500);
+
+/// A token whose signature and claims checked out.
+struct VerifiedToken {
+    token: Box<str>,
+    claims: Arc<Claims>,
+}
+
+/// The memo key of a token: its last [`TAIL_LEN`] bytes (zero-padded in
+/// front if it is shorter). They lie in the signature, so different tokens
+/// differ there, and hashing them rather than the whole token (a few
+/// hundred bytes) was most of a memo lookup.
+fn tail_of(token: &str) -> [u8; TAIL_LEN] {
+    let bytes = token.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(TAIL_LEN)..];
+    let mut key = [0; TAIL_LEN];
+    key[TAIL_LEN - tail.len()..].copy_from_slice(tail);
+    key
+}
 
 struct CachedGrant {
     grant: Arc<Grant>,
@@ -49,9 +70,9 @@ pub struct Authenticator {
     store: TokenStore,
     /// Tokens whose signature and claims already checked out, so a busy
     /// client costs one hash lookup per request instead of a signature
-    /// verification. Keyed by the whole token: only the identical string
-    /// hits.
-    verified: DashMap<Box<str>, Arc<Claims>>,
+    /// verification. Found by [`tail_of`], but only the identical token
+    /// hits; a token whose tail matches another's is verified itself.
+    verified: DashMap<[u8; TAIL_LEN], VerifiedToken>,
     cache: DashMap<String, CachedGrant>,
     /// Bumped on every notification, so a lookup that raced one does not
     /// cache what it read.
@@ -114,7 +135,11 @@ impl Authenticator {
     /// verified before (its `exp` and `nbf` still re-checked).
     fn verify(&self, token: &str) -> Result<Arc<Claims>, GatewayError> {
         let now = unix_now();
-        if let Some(claims) = self.verified.get(token) {
+        let tail = tail_of(token);
+        if let Some(memo) = self.verified.get(&tail)
+            && *memo.token == *token
+        {
+            let claims = &memo.claims;
             if claims.exp <= now {
                 return Err(GatewayError::InvalidToken("token expired"));
             }
@@ -134,7 +159,13 @@ impl Authenticator {
         if self.verified.len() >= VERIFIED_CAPACITY {
             self.verified.clear();
         }
-        self.verified.insert(token.into(), claims.clone());
+        self.verified.insert(
+            tail,
+            VerifiedToken {
+                token: token.into(),
+                claims: claims.clone(),
+            },
+        );
         Ok(claims)
     }
 
@@ -252,7 +283,7 @@ impl Authenticator {
         let ttl = self.ttl;
         self.cache.retain(|_, entry| entry.fetched.elapsed() < ttl);
         let now = unix_now();
-        self.verified.retain(|_, claims| claims.exp > now);
+        self.verified.retain(|_, memo| memo.claims.exp > now);
     }
 }
 
@@ -260,4 +291,67 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::generate_ed25519_pem;
+
+    const ISSUER: &str = "gateway";
+    const AUDIENCE: &str = "streams";
+
+    fn claims(subject: &str) -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: subject.into(),
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+            jti: format!("{subject}-token"),
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        let pem = generate_ed25519_pem().expect("keygen");
+        let keys = TokenKeys::ed25519_from_pem(&pem).expect("keys");
+        let store = TokenStore::connect_lazy("postgres://unused@127.0.0.1:1/none").expect("store");
+        Authenticator::new(
+            keys,
+            ISSUER.into(),
+            AUDIENCE.into(),
+            store,
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn tails_are_the_last_bytes_padded_in_front() {
+        assert_eq!(&tail_of("0123456789abcdefXYZ"), b"3456789abcdefXYZ");
+        assert_eq!(&tail_of("abc"), b"\0\0\0\0\0\0\0\0\0\0\0\0\0abc");
+    }
+
+    #[tokio::test]
+    async fn only_the_identical_token_hits_the_memo() {
+        let authenticator = authenticator();
+        let token = authenticator.keys.sign(&claims("alice")).expect("sign");
+        let verified = authenticator.verify(&token).expect("verifies");
+        assert_eq!(verified.sub, "alice");
+        assert!(authenticator.verify(&token).is_ok(), "from the memo");
+
+        // Alice's signature on Mallory's claims: the same tail, not the
+        // same token.
+        let (_, signature) = token.rsplit_once('.').expect("signature");
+        let mallory = authenticator.keys.sign(&claims("mallory")).expect("sign");
+        let (signed, _) = mallory.rsplit_once('.').expect("signed part");
+        let forged = format!("{signed}.{signature}");
+        assert_eq!(tail_of(&forged), tail_of(&token));
+        assert!(matches!(
+            authenticator.verify(&forged),
+            Err(GatewayError::InvalidToken("bad signature"))
+        ));
+        assert_eq!(authenticator.verify(&token).expect("still").sub, "alice");
+    }
 }
