@@ -19,6 +19,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
 use percent_encoding::percent_decode_str;
 use service_common::cors::BrowserCorsLayer;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -189,7 +190,7 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
     if !grant.allows(scope, &path) {
         return Err(GatewayError::InsufficientScope {
             scope,
-            target: path,
+            target: path.into_owned(),
         });
     }
     if parts.method == Method::PUT
@@ -206,7 +207,7 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
         if !grant.allows(Scope::Read, &source) {
             return Err(GatewayError::InsufficientScope {
                 scope: Scope::Read,
-                target: source,
+                target: source.into_owned(),
             });
         }
     }
@@ -228,10 +229,15 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
 
 /// The percent-decoded stream path, refused when it could be read as a
 /// different stream than the one authorised (`.`, `..`, empty segments).
-fn stream_path(raw: &str) -> Result<String, GatewayError> {
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| GatewayError::BadRequest("stream path is not valid UTF-8".into()))?;
+/// Most paths have nothing to decode and are returned as they are.
+fn stream_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let decoded = if raw.contains('%') {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| GatewayError::BadRequest("stream path is not valid UTF-8".into()))?
+    } else {
+        Cow::Borrowed(raw)
+    };
     if decoded
         .split('/')
         .any(|segment| segment.is_empty() || segment == "." || segment == "..")
@@ -240,7 +246,7 @@ fn stream_path(raw: &str) -> Result<String, GatewayError> {
             "stream path contains an empty, '.' or '..' segment".into(),
         ));
     }
-    Ok(decoded.into_owned())
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -261,6 +267,10 @@ mod tests {
     fn stream_paths_decode_and_refuse_traversal() {
         assert_eq!(stream_path("chat/room%201").expect("ok"), "chat/room 1");
         assert_eq!(stream_path("a%2Fb").expect("ok"), "a/b");
+        assert!(matches!(
+            stream_path("chat/room-1"),
+            Ok(Cow::Borrowed("chat/room-1"))
+        ));
         for bad in ["", "a//b", "a/../b", "%2E%2E/x", "a/.", "a%2F%2Fb", "%FF"] {
             assert!(stream_path(bad).is_err(), "{bad}");
         }

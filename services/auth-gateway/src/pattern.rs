@@ -7,7 +7,7 @@
 //! quotes) are inert.
 
 use std::fmt;
-use std::str::FromStr;
+use std::str::{FromStr, Split};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -67,28 +67,34 @@ impl fmt::Display for StreamPattern {
 impl StreamPattern {
     /// Whether `path` (relative to the stream base path) matches.
     pub fn matches(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').collect();
-        matches_from(&self.segments, &parts)
+        matches_from(&self.segments, path.split('/'))
     }
 }
 
-/// Segment-wise matching; `**` tries every split, which stays cheap because
-/// patterns and paths have few segments (paths are limited upstream).
-fn matches_from(pattern: &[Segment], path: &[&str]) -> bool {
+/// Segment-wise matching over the path's remaining segments (an iterator,
+/// so nothing is collected per request); `**` tries every split, which
+/// stays cheap because patterns and paths have few segments (paths are
+/// limited upstream).
+fn matches_from(pattern: &[Segment], mut path: Split<'_, char>) -> bool {
     match pattern.split_first() {
-        None => path.is_empty(),
-        Some((Segment::Any, rest)) => {
-            (0..=path.len()).any(|skip| matches_from(rest, &path[skip..]))
-        }
-        Some((segment, rest)) => match path.split_first() {
+        None => path.next().is_none(),
+        Some((Segment::Any, rest)) => loop {
+            if matches_from(rest, path.clone()) {
+                return true;
+            }
+            if path.next().is_none() {
+                return false;
+            }
+        },
+        Some((segment, rest)) => match path.next() {
             None => false,
-            Some((first, tail)) => {
+            Some(first) => {
                 let head_matches = match segment {
                     Segment::One => true,
                     Segment::Literal(literal) => literal == first,
                     Segment::Any => unreachable!("handled above"),
                 };
-                head_matches && matches_from(rest, tail)
+                head_matches && matches_from(rest, path)
             }
         },
     }
