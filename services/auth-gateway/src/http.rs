@@ -10,10 +10,13 @@ use crate::grant::Grant;
 use crate::proxy::{ClientIp, Forwarding, Upstream};
 use crate::rate_limit::RateLimiter;
 use crate::scope::Scope;
+use axum::BoxError;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::body::HttpBody;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
@@ -39,42 +42,77 @@ pub struct Gateway {
 
 pub type SharedGateway = Arc<Gateway>;
 
-/// The complete application.
-///
-/// The middleware wraps the routes instead of being added with
-/// `Router::layer`, which would wrap every route in each layer separately:
-/// per request, that is a boxed clone and a boxed future for every layer.
-pub fn app(
+/// The application, put together once: [`App::for_client`] makes the
+/// service for each connection.
+#[derive(Clone)]
+pub struct App {
     gateway: SharedGateway,
-) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    let cors = cors(gateway.config.cors_origins());
-    let others = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .nest("/admin", admin::routes())
-        .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
-        .with_state(gateway.clone());
-    ServiceBuilder::new()
-        // axum's server takes its own body type.
-        .map_response(IntoResponse::into_response)
-        .layer(
-            // Spans name the path only: a query may carry `access_token`.
-            // Debug level: a span per request costs several percent of
-            // throughput at tens of thousands of requests per second.
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
-            }),
-        )
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(cors)
-        .service(Routes { gateway, others })
+    others: Router,
+    cors: BrowserCorsLayer,
+}
+
+impl App {
+    pub fn new(gateway: SharedGateway) -> App {
+        let others = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .nest("/admin", admin::routes())
+            .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
+            .with_state(gateway.clone());
+        App {
+            cors: cors(gateway.config.cors_origins()),
+            gateway,
+            others,
+        }
+    }
+
+    /// The service for the requests of one connection from `client`
+    /// (`None` when unknown): the client's address is part of the service,
+    /// so no request carries it in its extensions.
+    ///
+    /// The middleware wraps the routes instead of being added with
+    /// `Router::layer`, which would wrap every route in each layer
+    /// separately: per request, that is a boxed clone and a boxed future
+    /// for every layer.
+    pub fn for_client<B>(
+        &self,
+        client: Option<ClientIp>,
+    ) -> impl Service<
+        Request<B>,
+        Response = http::Response<
+            impl HttpBody<Data = Bytes, Error = axum::Error> + Send + 'static,
+        >,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let routes = Routes {
+            gateway: self.gateway.clone(),
+            others: self.others.clone(),
+            client_ip: client.and_then(|client| client.forwarded_for),
+        };
+        ServiceBuilder::new()
+            .layer(
+                // Spans name the path only: a query may carry `access_token`.
+                // Debug level: a span per request costs several percent of
+                // throughput at tens of thousands of requests per second.
+                TraceLayer::new_for_http().make_span_with(|request: &Request<B>| {
+                    tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+                }),
+            )
+            .layer(SetResponseHeaderLayer::if_not_present(
+                HeaderName::from_static("x-content-type-options"),
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(self.cors.clone())
+            .service(routes)
+    }
 }
 
 /// Stream URLs go straight to [`stream`], everything else to the router.
@@ -87,14 +125,20 @@ pub fn app(
 struct Routes {
     gateway: SharedGateway,
     others: Router,
+    /// The connection's [`ClientIp`] entry for `X-Forwarded-For`.
+    client_ip: Option<HeaderValue>,
 }
 
-impl Service<Request> for Routes {
+impl<B> Service<Request<B>> for Routes
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response;
     type Error = Infallible;
     type Future = Either<
         Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
-        <Router as Service<Request>>::Future,
+        <Router as Service<Request<B>>>::Future,
     >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -102,12 +146,13 @@ impl Service<Request> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let base = &self.gateway.config.http.stream_base_path;
         if stream_path_of(base, request.uri().path()).is_some() {
             let gateway = self.gateway.clone();
+            let client_ip = self.client_ip.clone();
             Either::Left(Box::pin(async move {
-                Ok(stream(gateway, request)
+                Ok(stream(gateway, client_ip, request)
                     .await
                     .unwrap_or_else(IntoResponse::into_response))
             }))
@@ -177,7 +222,15 @@ pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, Ga
 }
 
 /// Any request to a stream URL: authenticated, authorised, then proxied.
-async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, GatewayError> {
+async fn stream<B>(
+    gateway: SharedGateway,
+    client_ip: Option<HeaderValue>,
+    request: Request<B>,
+) -> Result<Response, GatewayError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = request.into_parts();
     let Caller {
         grant,
@@ -212,10 +265,6 @@ async fn stream(gateway: SharedGateway, request: Request) -> Result<Response, Ga
         }
     }
 
-    let client_ip = parts
-        .extensions
-        .get::<ConnectInfo<ClientIp>>()
-        .and_then(|info| info.0.forwarded_for.clone());
     let forwarding = Forwarding {
         identity: Some(grant.identity.clone()),
         query: forward_query,

@@ -16,12 +16,14 @@
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
 //! * [`issuer`], [`cli`] — issuing tokens; the command line.
-//! * [`server`], [`telemetry`] — running it.
+//! * [`server`], [`connections`], [`telemetry`] — running it: setup, the
+//!   accept loop and drain, logs.
 
 pub mod admin;
 pub mod authenticator;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod error;
 pub mod grant;

@@ -9,11 +9,11 @@
 
 use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
+use axum::BoxError;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::extract::connect_info::Connected;
 use axum::response::Response;
-use axum::serve::IncomingStream;
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
@@ -23,7 +23,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::IpAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Subject of the token that authorised the request.
 pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -77,12 +76,6 @@ impl ClientIp {
         ClientIp {
             forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
         }
-    }
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for ClientIp {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> ClientIp {
-        ClientIp::new(stream.remote_addr().ip())
     }
 }
 
@@ -182,11 +175,15 @@ impl Upstream {
 
     /// Sends `request` upstream and returns stream-server's response with
     /// its body still streaming.
-    pub async fn forward(
+    pub async fn forward<B>(
         &self,
-        request: Request,
+        request: Request<B>,
         forwarding: Forwarding,
-    ) -> Result<Response, GatewayError> {
+    ) -> Result<Response, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (mut parts, body) = request.into_parts();
         if declared_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes) {
             return Err(GatewayError::PayloadTooLarge {

@@ -4,11 +4,12 @@
 
 use crate::authenticator::Authenticator;
 use crate::config::{Config, ConfigError};
-use crate::http::{Gateway, SharedGateway, app};
-use crate::proxy::{ClientIp, Upstream};
+use crate::connections;
+use crate::http::{App, Gateway, SharedGateway};
+use crate::proxy::Upstream;
 use crate::rate_limit::RateLimiter;
 use crate::store::{StoreError, TokenStore};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,14 +113,7 @@ pub async fn serve(
         tracing::info!("shutting down; waiting up to {grace:?} for open requests");
         let _ = started_tx.send(());
     };
-    let server = axum::serve(
-        listener,
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<ClientIp>(
-            app(gateway.clone()),
-        ),
-    )
-    .with_graceful_shutdown(signal)
-    .into_future();
+    let server = connections::serve(listener, App::new(gateway.clone()), signal);
     // Live reads (SSE, long-poll) may never finish on their own.
     let grace_over = async move {
         if started_rx.await.is_ok() {
@@ -128,15 +122,14 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    let result = tokio::select! {
-        result = server => result.map_err(ServeError::from),
+    tokio::select! {
+        () = server => {}
         () = grace_over => {
             tracing::warn!("grace period over; closing the remaining connections");
-            Ok(())
         }
-    };
+    }
     listener_task.abort();
     housekeeping.abort();
     gateway.authenticator.maintain().await;
-    result
+    Ok(())
 }

@@ -409,10 +409,12 @@ async fn unreachable_postgres_fails_closed_with_503() {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(
-        auth_gateway::http::app(gateway),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let app = auth_gateway::http::App::new(gateway);
+    tokio::spawn(auth_gateway::connections::serve(
+        listener,
+        app,
+        std::future::pending(),
+    ));
 
     let token = keys
         .sign(&Claims {
