@@ -1,11 +1,13 @@
 //! What both services share, so a client sees one behaviour whichever of
 //! them answers:
 //!
+//! * [`accept`] — what an accepted connection gets before HTTP;
 //! * [`problem`] — RFC 9457 `application/problem+json` refusals;
 //! * [`cors`] — the CORS policy (origins from configuration);
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
 //! * [`settings`] — checks shared by both configurations.
 
+pub mod accept;
 pub mod cors;
 pub mod problem;
 pub mod settings;

@@ -48,6 +48,7 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         };
         // Reap finished connections so the set holds only open ones.
         while connections.try_join_next().is_some() {}
+        service_common::accept::prepare(&stream);
         let service = TowerToHyperService::new(app.for_client(Some(ClientIp::new(peer.ip()))));
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();

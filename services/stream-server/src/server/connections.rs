@@ -67,10 +67,7 @@ pub async fn serve<S, B>(
         };
         // Reap finished connections so the set holds only open ones.
         while connections.try_join_next().is_some() {}
-        // Live reads send small events that must not wait for an ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+        service_common::accept::prepare(&stream);
         connections.spawn(connection(
             stream,
             tls.clone(),
