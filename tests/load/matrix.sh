@@ -73,8 +73,10 @@ mkdir -p "$logs"
 # Thousands of connections need file descriptors, in ds-load and servers.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || say "could not raise the open-files limit ($(ulimit -n))"
 
-say "building ds-load and stream-server (release)"
-(cd "$root" && cargo build --quiet --release -p ds-load -p stream-server)
+say "building ds-load, stream-server and auth-gateway (release)"
+# The same packages as gateway.sh builds: cargo unifies dependency features
+# over the packages of one build, so another set would rebuild them all.
+(cd "$root" && cargo build --quiet --release -p stream-server -p auth-gateway -p ds-load)
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
