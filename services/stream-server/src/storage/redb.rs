@@ -11,20 +11,32 @@
 //! Data, producer state and closure of one request go into the same
 //! transaction, so a producer retry after a crash is deduplicated.
 //!
-//! Small appends are first written to `recent`, keyed in commit order, and
-//! moved to their stream's rows in `chunks` in large batches ("settling").
-//! redb copies every B-tree page a transaction changes: written straight to
-//! `chunks`, a group of appends to 30 streams changed some 30 leaves, and
-//! each 300-byte append cost more than one 4 KiB page write. In `recent`
-//! the whole group lands on one or two leaves, and a settle fills each
-//! stream's leaves once. Each log keeps the `recent` keys of its unsettled
-//! appends ([`UnsettledIndex`]) so reads find them; opening the database
-//! settles whatever a previous run left there.
+//! Small appends are first written to a recent table, keyed in commit
+//! order, and moved to their stream's rows in `chunks` in large batches
+//! ("settling"). redb copies every B-tree page a transaction changes:
+//! written straight to `chunks`, a group of appends to 30 streams changed
+//! some 30 leaves, and each 300-byte append cost more than one 4 KiB page
+//! write. In a recent table the whole group lands on one or two leaves, and
+//! a settle fills each stream's leaves once.
+//!
+//! There are two recent tables. Appends fill one; when it is full they
+//! switch to the other, and the full one is settled a slice per
+//! transaction, then dropped whole (dropping frees its pages in one pass;
+//! deleting rows one by one rebuilds leaves again and again). So no group
+//! of requests waits for a whole settle. Rows are settled stream by
+//! stream: a slice then fills the leaves of a few streams, and the whole
+//! settle writes each stream's leaves about once, as a single settle did
+//! (a slice of rows in commit order would touch every stream's leaf in
+//! every transaction). A row being settled is in `chunks` and in its recent
+//! table until that table is dropped; reads take it once. Each log keeps the keys of its unsettled appends
+//! ([`UnsettledIndex`]) so reads find them; opening the database settles
+//! whatever a previous run left in either table.
 //!
 //! Tables:
 //! * `streams`: path → JSON [`StreamRecord`] (configuration and protocol state)
 //! * `chunks`: (stream id, end byte) → one append: [`ChunkHeader`] then data
-//! * `recent`: commit sequence → stream id, end byte, then as in `chunks`
+//! * `recent`, `recent-b`: commit sequence → stream id, end byte, then as
+//!   in `chunks`
 //! * `producers`: (stream id, producer id) → (epoch, last seq)
 //! * `meta`: `format` → the on-disk format version
 
@@ -50,23 +62,30 @@ use tokio::sync::oneshot;
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
 const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
+const RECENT_B: TableDefinition<u64, &[u8]> = TableDefinition::new("recent-b");
 const PRODUCERS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("producers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-/// Written to `meta.format`; a different value refuses to start.
-const FORMAT: &str = "durable-streams-rs acid v2";
-/// The format before `recent`: the same tables less that one, so it is
-/// opened and marked as the current format.
+/// Written to `meta.format`; a different value refuses to start (so a
+/// server that knows one recent table never opens rows left in two).
+const FORMAT: &str = "durable-streams-rs acid v3";
+/// The formats before: the same tables less `recent-b` (v2) or both recent
+/// tables (v1), so they are opened, settled and marked as the current one.
+const FORMAT_V2: &str = "durable-streams-rs acid v2";
 const FORMAT_V1: &str = "durable-streams-rs acid v1";
 const DB_FILE: &str = "streams.redb";
 
 /// Most requests folded into one transaction.
 const MAX_GROUP: usize = 1024;
 
-/// Appends in `recent` that make the next transaction settle them.
+/// Appends in the filling recent table that make it switch and settle.
 pub const SETTLE_ROWS: usize = 4096;
-/// Bytes in `recent` that make the next transaction settle them.
+/// Bytes in the filling recent table that make it switch and settle.
 const SETTLE_BYTES: usize = 4 * 1024 * 1024;
+/// A full table is settled in about this many transactions: each moves a
+/// share of its rows or of [`SETTLE_BYTES`], and at least twice what its
+/// own group adds, so settling always outpaces filling.
+const SETTLE_STEPS: usize = 64;
 /// Appends this large go straight to `chunks`: they fill pages of their
 /// own anyway, and would only be copied twice.
 const DIRECT_BYTES: usize = 16 * 1024;
@@ -99,18 +118,43 @@ pub struct RedbEngine {
     tail_cache: usize,
 }
 
-/// One unsettled append of a stream: where it ends and its `recent` key.
+/// One of the two recent tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecentTable {
+    A,
+    B,
+}
+
+impl RecentTable {
+    fn definition(self) -> TableDefinition<'static, u64, &'static [u8]> {
+        match self {
+            RecentTable::A => RECENT,
+            RecentTable::B => RECENT_B,
+        }
+    }
+
+    fn other(self) -> RecentTable {
+        match self {
+            RecentTable::A => RecentTable::B,
+            RecentTable::B => RecentTable::A,
+        }
+    }
+}
+
+/// One unsettled append of a stream: where it ends, and its key and table.
 #[derive(Debug, Clone, Copy)]
 struct Unsettled {
     end: u64,
     seq: u64,
+    table: RecentTable,
 }
 
-/// A stream's appends still in `recent`, in order. The writer thread adds
-/// each one as it writes it, before its commit, and drops them once a
-/// settle has committed; a reader may hold keys already settled (then
-/// found in `chunks`) or not yet committed (then found nowhere and beyond
-/// what it may read anyway).
+/// A stream's appends still in a recent table, in order. The writer
+/// thread adds each one as it writes it, before its commit, and drops them
+/// once their table has been settled and dropped; a reader may hold keys
+/// already settled (then found in `chunks`, and maybe in their table too)
+/// or not yet committed (then found nowhere and beyond what it may read
+/// anyway).
 type UnsettledIndex = Mutex<VecDeque<Unsettled>>;
 
 impl RedbEngine {
@@ -141,12 +185,8 @@ impl RedbEngine {
                 None => {
                     meta.insert("format", FORMAT).map_err(io)?;
                 }
-                Some(found) if found == FORMAT_V1 => {
-                    tracing::info!(
-                        from = FORMAT_V1,
-                        to = FORMAT,
-                        "acid data directory upgraded"
-                    );
+                Some(found) if found == FORMAT_V2 || found == FORMAT_V1 => {
+                    tracing::info!(from = found, to = FORMAT, "acid data directory upgraded");
                     meta.insert("format", FORMAT).map_err(io)?;
                 }
                 Some(found) => {
@@ -162,8 +202,9 @@ impl RedbEngine {
         }
         // Recovery reads `chunks` only: what a previous run left unsettled
         // is settled before anything else.
-        settle(&txn)?;
-        txn.open_table(RECENT).map_err(io)?;
+        for table in [RecentTable::A, RecentTable::B] {
+            settle_all(&txn, table)?;
+        }
         txn.commit().map_err(io)?;
         let db = Arc::new(db);
         let (writer, jobs) = mpsc::channel();
@@ -340,7 +381,7 @@ impl RedbLog {
 
     /// Calls `f` with this stream's stored chunks ending at or after
     /// `first_end`, in order: settled rows of `chunks` merged with the
-    /// unsettled ones of `recent`.
+    /// unsettled ones of the recent tables.
     fn with_chunks_from<T>(
         &self,
         first_end: u64,
@@ -348,12 +389,12 @@ impl RedbLog {
     ) -> Result<T, StorageError> {
         // Listed before the snapshot is taken, so an append settled in
         // between is in the snapshot's `chunks`.
-        let unsettled: Vec<u64> = self
+        let unsettled: Vec<Unsettled> = self
             .unsettled
             .lock()
             .iter()
             .filter(|u| u.end >= first_end)
-            .map(|u| u.seq)
+            .copied()
             .collect();
         let txn = self.db.begin_read().map_err(io)?;
         let chunks = txn.open_table(CHUNKS).map_err(io)?;
@@ -364,10 +405,17 @@ impl RedbLog {
         if unsettled.is_empty() {
             return f(&mut { settled });
         }
-        let recent = txn.open_table(RECENT).map_err(io)?;
+        let recent_a = txn.open_table(RecentTable::A.definition()).map_err(io)?;
+        let recent_b = txn.open_table(RecentTable::B.definition()).map_err(io)?;
         let unsettled = unsettled
             .into_iter()
-            .filter_map(|seq| recent.get(seq).map_err(io).transpose())
+            .filter_map(|u| {
+                let table = match u.table {
+                    RecentTable::A => &recent_a,
+                    RecentTable::B => &recent_b,
+                };
+                table.get(u.seq).map_err(io).transpose()
+            })
             .map(|row| row.and_then(|value| decode_recent(value.value())));
         f(&mut MergeByEnd::new(settled, unsettled))
     }
@@ -544,7 +592,8 @@ fn decode_chunk(end: u64, value: &[u8]) -> Result<Chunk, StorageError> {
     })
 }
 
-/// Two streams of chunks, each in order, merged into one by end byte.
+/// Two streams of chunks, each in order, merged into one by end byte; a
+/// chunk in both (a row being settled) comes once, from the first.
 struct MergeByEnd<A: Iterator, B: Iterator> {
     a: Peekable<A>,
     b: Peekable<B>,
@@ -578,7 +627,14 @@ where
             (None, Some(_)) => false,
             (Some(Err(_)), _) => true,
             (_, Some(Err(_))) => false,
-            (Some(Ok(a)), Some(Ok(b))) => a.end <= b.end,
+            (Some(Ok(a)), Some(Ok(b))) => match a.end.cmp(&b.end) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => {
+                    self.b.next();
+                    true
+                }
+            },
         };
         if take_a { self.a.next() } else { self.b.next() }
     }
@@ -616,28 +672,57 @@ enum Op {
 }
 
 /// The writer thread: groups queued jobs into one durable transaction
-/// each, and settles `recent` when it has grown.
+/// each, switches recent tables when the filling one is full, and settles
+/// the full one a step per transaction.
 struct Writer<'db> {
     db: &'db Database,
     settle_rows: usize,
-    /// Key of the next `recent` row.
+    /// Key of the next recent row, in either table.
     next_seq: u64,
-    /// Appends and bytes written to `recent` since the last settle.
+    /// The table small appends go to, and its first key.
+    filling: RecentTable,
+    filling_from: u64,
+    /// Appends and bytes in the filling table.
     recent_rows: usize,
     recent_bytes: usize,
-    /// The indexes of streams with appends in `recent`, by stream id.
+    /// The other table, while it is being settled.
+    draining: Option<Drain>,
+    /// The indexes of streams with appends in a recent table, by stream id.
     touched: HashMap<u64, Arc<UnsettledIndex>>,
 }
 
+/// A recent table being settled.
+#[derive(Debug)]
+struct Drain {
+    table: RecentTable,
+    /// Every row of the table has a smaller key.
+    end: u64,
+    /// The keys of its rows, stream by stream, each stream's in order.
+    order: Vec<u64>,
+    /// How many of `order` have moved into `chunks`.
+    moved: usize,
+}
+
+/// What a group added to the filling table.
+#[derive(Debug, Default)]
+struct Filled {
+    rows: usize,
+    bytes: usize,
+}
+
 impl<'db> Writer<'db> {
-    /// A writer for a database whose `recent` is empty (settled at open).
+    /// A writer for a database whose recent tables are empty (settled at
+    /// open).
     fn new(db: &'db Database, settle_rows: usize) -> Self {
         Writer {
             db,
             settle_rows,
             next_seq: 0,
+            filling: RecentTable::A,
+            filling_from: 0,
             recent_rows: 0,
             recent_bytes: 0,
+            draining: None,
             touched: HashMap::new(),
         }
     }
@@ -662,46 +747,106 @@ impl<'db> Writer<'db> {
     }
 
     fn commit_group(&mut self, group: &[Job]) -> Result<(), StorageError> {
-        let settling = self.recent_rows >= self.settle_rows || self.recent_bytes >= SETTLE_BYTES;
-        // Every row in `recent` now has a smaller key.
-        let settled_below = self.next_seq;
-        let (rows, bytes) = (self.recent_rows, self.recent_bytes);
-        if settling {
+        let full = self.recent_rows >= self.settle_rows || self.recent_bytes >= SETTLE_BYTES;
+        // A full table starts settling and appends switch to the other one,
+        // unless that one is still settling: then the full one fills on.
+        let switching = full && self.draining.is_none();
+        let (filling, drain) = if switching {
+            (self.filling.other(), Some(self.start_drain()))
+        } else {
+            (self.filling, self.draining.take())
+        };
+        let first_seq = self.next_seq;
+        let (filled, moved) = match self.write_group(group, filling, drain.as_ref()) {
+            Ok(done) => done,
+            Err(e) => {
+                // What the failed transaction wrote is gone: the state stays
+                // as it was (keys it used are skipped; index entries for its
+                // rows find nothing, and go with the next settle).
+                if !switching {
+                    self.draining = drain;
+                }
+                return Err(e);
+            }
+        };
+        if switching {
+            self.filling = filling;
+            self.filling_from = first_seq;
             self.recent_rows = 0;
             self.recent_bytes = 0;
         }
-        let outcome = self.write_group(group, settling);
-        match &outcome {
-            Ok(()) if settling => {
-                for index in self.touched.values() {
-                    let mut index = index.lock();
-                    while index.front().is_some_and(|u| u.seq < settled_below) {
-                        index.pop_front();
-                    }
-                }
-                self.touched.retain(|_, index| !index.lock().is_empty());
-            }
-            Ok(()) => {}
-            // The rows a failed settle meant to move are still in `recent`.
-            Err(_) if settling => {
-                self.recent_rows += rows;
-                self.recent_bytes += bytes;
-            }
-            Err(_) => {}
+        self.recent_rows += filled.rows;
+        self.recent_bytes += filled.bytes;
+        let Some(mut drain) = drain else {
+            return Ok(());
+        };
+        drain.moved = moved;
+        if drain.moved < drain.order.len() {
+            self.draining = Some(drain);
+            return Ok(());
         }
-        outcome
+        // The table is settled and dropped: every key below its end is in
+        // `chunks`.
+        for index in self.touched.values() {
+            let mut index = index.lock();
+            while index.front().is_some_and(|u| u.seq < drain.end) {
+                index.pop_front();
+            }
+        }
+        self.touched.retain(|_, index| !index.lock().is_empty());
+        Ok(())
     }
 
-    fn write_group(&mut self, group: &[Job], settling: bool) -> Result<(), StorageError> {
+    /// The filling table, as a table to settle: its keys gathered stream by
+    /// stream from the indexes.
+    fn start_drain(&self) -> Drain {
+        let (from, end) = (self.filling_from, self.next_seq);
+        let mut order = Vec::with_capacity(self.recent_rows);
+        for index in self.touched.values() {
+            let index = index.lock();
+            order.extend(
+                index
+                    .iter()
+                    .filter(|u| u.seq >= from && u.seq < end)
+                    .map(|u| u.seq),
+            );
+        }
+        Drain {
+            table: self.filling,
+            end,
+            order,
+            moved: 0,
+        }
+    }
+
+    /// Writes `group` in one transaction, small appends into `filling`, and
+    /// settles a slice of `drain` first; returns what the group added and
+    /// how many of the drain's rows have moved.
+    fn write_group(
+        &mut self,
+        group: &[Job],
+        filling: RecentTable,
+        drain: Option<&Drain>,
+    ) -> Result<(Filled, usize), StorageError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(Durability::Immediate);
-        if settling {
-            settle(&txn)?;
-        }
+        let moved = match drain {
+            Some(drain) => {
+                let (rows, bytes) = small_appends(group);
+                let step = Step {
+                    rows: drain.order.len().div_ceil(SETTLE_STEPS).max(2 * rows),
+                    bytes: (SETTLE_BYTES / SETTLE_STEPS).max(2 * bytes),
+                };
+                settle(&txn, drain, step)?
+            }
+            None => 0,
+        };
+        let mut filled = Filled::default();
         {
             let mut streams = txn.open_table(STREAMS).map_err(io)?;
             let mut chunks = txn.open_table(CHUNKS).map_err(io)?;
-            let mut recent = txn.open_table(RECENT).map_err(io)?;
+            let mut recent = txn.open_table(filling.definition()).map_err(io)?;
+            let mut other_recent = txn.open_table(filling.other().definition()).map_err(io)?;
             let mut producers = txn.open_table(PRODUCERS).map_err(io)?;
             let encode = |record: &StreamRecord| serde_json::to_vec(record).map_err(io);
             let load = |streams: &::redb::Table<&str, &[u8]>,
@@ -747,9 +892,13 @@ impl<'db> Writer<'db> {
                                 let seq = self.next_seq;
                                 self.next_seq += 1;
                                 recent.insert(seq, value.as_slice()).map_err(io)?;
-                                self.recent_rows += 1;
-                                self.recent_bytes += value.len();
-                                unsettled.lock().push_back(Unsettled { end: *end, seq });
+                                filled.rows += 1;
+                                filled.bytes += value.len();
+                                unsettled.lock().push_back(Unsettled {
+                                    end: *end,
+                                    seq,
+                                    table: filling,
+                                });
                                 self.touched
                                     .entry(*id)
                                     .or_insert_with(|| Arc::clone(unsettled));
@@ -795,7 +944,11 @@ impl<'db> Writer<'db> {
                             .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)
                             .map_err(io)?;
                         for entry in unsettled.lock().iter() {
-                            recent.remove(entry.seq).map_err(io)?;
+                            if entry.table == filling {
+                                recent.remove(entry.seq).map_err(io)?;
+                            } else {
+                                other_recent.remove(entry.seq).map_err(io)?;
+                            }
                         }
                         producers
                             .retain_in((*id, "")..(*id + 1, ""), |_, _| false)
@@ -804,25 +957,91 @@ impl<'db> Writer<'db> {
                 }
             }
         }
-        txn.commit().map_err(io)
+        txn.commit().map_err(io)?;
+        Ok((filled, moved))
     }
 }
 
-/// Moves every row of `recent` to its stream's place in `chunks`.
-fn settle(txn: &::redb::WriteTransaction) -> Result<(), StorageError> {
+/// Rows and bytes of the small appends (those that go to a recent table)
+/// in `group`.
+fn small_appends(group: &[Job]) -> (usize, usize) {
+    group
+        .iter()
+        .filter_map(|job| match &job.op {
+            Op::Apply {
+                chunk: Some((_, value)),
+                ..
+            } if value.len() < DIRECT_BYTES => Some(value.len()),
+            _ => None,
+        })
+        .fold((0, 0), |(rows, bytes), len| (rows + 1, bytes + len))
+}
+
+/// How much one settle step moves at most: it stops after `rows` rows or
+/// `bytes` bytes, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    rows: usize,
+    bytes: usize,
+}
+
+/// Moves the next rows of `drain`'s order to their streams' places in
+/// `chunks`, at most `step` of them; returns how many of the order have
+/// moved. Once all have, drops the table and creates it again empty.
+fn settle(
+    txn: &::redb::WriteTransaction,
+    drain: &Drain,
+    step: Step,
+) -> Result<usize, StorageError> {
+    let mut moved = drain.moved;
     {
-        let recent = txn.open_table(RECENT).map_err(io)?;
+        let recent = txn.open_table(drain.table.definition()).map_err(io)?;
         let mut chunks = txn.open_table(CHUNKS).map_err(io)?;
-        for row in recent.iter().map_err(io)? {
-            let (_, value) = row.map_err(io)?;
-            let (id, end, chunk) = split_recent(value.value())?;
-            chunks.insert((id, end), chunk).map_err(io)?;
+        let (mut rows, mut bytes) = (0, 0);
+        while moved < drain.order.len() && rows < step.rows && bytes < step.bytes {
+            // A row of a stream removed since is gone.
+            if let Some(value) = recent.get(drain.order[moved]).map_err(io)? {
+                bytes += settle_row(&mut chunks, value.value())?;
+                rows += 1;
+            }
+            moved += 1;
         }
     }
-    // Dropping the table frees its pages in one pass; removing the rows
-    // one by one rebuilt its leaves again and again (half the writer's
-    // time in a profile).
-    txn.delete_table(RECENT).map_err(io)?;
+    if moved == drain.order.len() {
+        drop_settled(txn, drain.table)?;
+    }
+    Ok(moved)
+}
+
+/// Settles every row of `table` (at startup, whatever a previous run left).
+fn settle_all(txn: &::redb::WriteTransaction, table: RecentTable) -> Result<(), StorageError> {
+    {
+        let recent = txn.open_table(table.definition()).map_err(io)?;
+        let mut chunks = txn.open_table(CHUNKS).map_err(io)?;
+        for row in recent.iter().map_err(io)? {
+            settle_row(&mut chunks, row.map_err(io)?.1.value())?;
+        }
+    }
+    drop_settled(txn, table)
+}
+
+/// Moves one recent row's chunk to its stream's place in `chunks`; returns
+/// the row's size.
+fn settle_row(
+    chunks: &mut ::redb::Table<(u64, u64), &[u8]>,
+    value: &[u8],
+) -> Result<usize, StorageError> {
+    let (id, end, chunk) = split_recent(value)?;
+    chunks.insert((id, end), chunk).map_err(io)?;
+    Ok(value.len())
+}
+
+/// Drops a settled recent table, which frees its pages in one pass
+/// (removing the rows one by one rebuilt its leaves again and again, half
+/// the writer's time in a profile), and creates it again empty.
+fn drop_settled(txn: &::redb::WriteTransaction, table: RecentTable) -> Result<(), StorageError> {
+    txn.delete_table(table.definition()).map_err(io)?;
+    txn.open_table(table.definition()).map_err(io)?;
     Ok(())
 }
 
@@ -880,15 +1099,48 @@ mod tests {
         }
     }
 
-    /// Rows in `recent` and in `chunks`.
+    /// Rows in the two recent tables together and in `chunks`.
     fn table_rows(db: &Database) -> (u64, u64) {
+        let (a, b, chunks) = each_table_rows(db);
+        (a + b, chunks)
+    }
+
+    /// Rows in `recent`, `recent-b` and `chunks`.
+    fn each_table_rows(db: &Database) -> (u64, u64, u64) {
         let txn = db.begin_read().expect("read");
-        let recent = txn.open_table(RECENT).expect("recent");
-        let chunks = txn.open_table(CHUNKS).expect("chunks");
-        (
-            recent.len().expect("count recent"),
-            chunks.len().expect("count chunks"),
-        )
+        let count = |definition| {
+            txn.open_table(definition)
+                .expect("open")
+                .len()
+                .expect("count")
+        };
+        (count(RECENT), count(RECENT_B), {
+            let chunks = txn.open_table(CHUNKS).expect("chunks");
+            chunks.len().expect("count chunks")
+        })
+    }
+
+    /// Opens the engine in `dir` again; the last run's writer thread may
+    /// still hold the file for a moment.
+    fn reopen(dir: &Path, settle_rows: usize) -> RedbEngine {
+        (0..50)
+            .find_map(|_| {
+                RedbEngine::open(dir, settle_rows).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .expect("reopen")
+    }
+
+    /// The whole log, read from its start.
+    fn read_all(log: &Arc<dyn StreamLog>) -> Vec<u8> {
+        let tail = log.tail();
+        let all = log
+            .read(Offset::ZERO, tail.bytes, usize::MAX)
+            .expect("read");
+        assert_eq!(all.next, tail);
+        all.data.concat()
     }
 
     fn bodies(count: usize) -> Vec<Vec<u8>> {
@@ -943,15 +1195,7 @@ mod tests {
             assert_eq!(table_rows(&engine.db), (6, 0));
             log.tail()
         };
-        let engine = (0..50)
-            .find_map(|_| {
-                // The last run's writer thread may still hold the file.
-                RedbEngine::open(&scratch.0, 1000).ok().or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    None
-                })
-            })
-            .expect("reopen");
+        let engine = reopen(&scratch.0, 1000);
         assert_eq!(table_rows(&engine.db), (0, 6));
         let recovered = engine.recover().expect("recover");
         let log = &recovered[0].log;
@@ -960,6 +1204,96 @@ mod tests {
             .read(Offset::ZERO, tail.bytes, usize::MAX)
             .expect("read");
         assert_eq!(all.data.concat(), bodies.concat());
+    }
+
+    #[tokio::test]
+    async fn a_full_table_is_settled_a_step_per_transaction_while_the_other_fills() {
+        let scratch = Scratch::new("steps");
+        let bodies = bodies(18);
+        {
+            // Eight rows fill a table; one-append groups then settle two
+            // rows each (a share of eight rounds up to one; twice the
+            // group's one row is two).
+            let engine = RedbEngine::open(&scratch.0, 8)
+                .expect("open")
+                .with_tail_cache(0);
+            let (log, commit) = engine
+                .create("s", &meta(), Offset::ZERO, Vec::new(), false)
+                .expect("create");
+            commit.wait().await.expect("create commit");
+            append_all(&log, &bodies[..8]).await;
+            assert_eq!(each_table_rows(&engine.db), (8, 0, 0));
+
+            // The ninth switches tables and moves the first two rows; they
+            // stay in their table until it is dropped, and reads take them
+            // once.
+            append_all(&log, &bodies[8..9]).await;
+            assert_eq!(each_table_rows(&engine.db), (8, 1, 2));
+            assert_eq!(read_all(&log), bodies[..9].concat());
+
+            append_all(&log, &bodies[9..11]).await;
+            assert_eq!(each_table_rows(&engine.db), (8, 3, 6));
+            assert_eq!(read_all(&log), bodies[..11].concat());
+
+            // The fourth step moves the last two and drops the table.
+            append_all(&log, &bodies[11..12]).await;
+            assert_eq!(each_table_rows(&engine.db), (0, 4, 8));
+            assert_eq!(read_all(&log), bodies[..12].concat());
+
+            // The other table fills up in turn and switches back; a restart
+            // then meets both tables holding rows, one partly settled.
+            append_all(&log, &bodies[12..17]).await;
+            assert_eq!(each_table_rows(&engine.db), (1, 8, 10));
+            append_all(&log, &bodies[17..]).await;
+            assert_eq!(each_table_rows(&engine.db), (2, 8, 12));
+            assert_eq!(read_all(&log), bodies.concat());
+        }
+        let engine = reopen(&scratch.0, 8);
+        assert_eq!(each_table_rows(&engine.db), (0, 0, 18));
+        let recovered = engine.recover().expect("recover");
+        assert_eq!(read_all(&recovered[0].log), bodies.concat());
+    }
+
+    #[tokio::test]
+    async fn a_settle_moves_rows_stream_by_stream() {
+        let scratch = Scratch::new("by-stream");
+        let engine = RedbEngine::open(&scratch.0, 8)
+            .expect("open")
+            .with_tail_cache(0);
+        let mut logs = Vec::new();
+        for path in ["a", "b"] {
+            let (log, commit) = engine
+                .create(path, &meta(), Offset::ZERO, Vec::new(), false)
+                .expect("create");
+            commit.wait().await.expect("create commit");
+            logs.push(log);
+        }
+        // The streams take turns: `a` gets the even bodies, `b` the odd.
+        let bodies = bodies(9);
+        for (i, body) in bodies.iter().enumerate() {
+            append_all(&logs[i % 2], std::slice::from_ref(body)).await;
+        }
+        // The ninth append switched tables and settled a slice of two rows:
+        // the first two of one stream, not the first two in commit order.
+        let txn = engine.db.begin_read().expect("read");
+        let chunks = txn.open_table(CHUNKS).expect("chunks");
+        let streams: Vec<u64> = chunks
+            .iter()
+            .expect("iterate")
+            .map(|row| row.expect("row").0.value().0)
+            .collect();
+        assert_eq!(streams.len(), 2);
+        assert_eq!(streams[0], streams[1], "{streams:?}");
+        for (parity, log) in logs.iter().enumerate() {
+            let expected: Vec<u8> = bodies
+                .iter()
+                .skip(parity)
+                .step_by(2)
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(read_all(log), expected);
+        }
     }
 
     #[tokio::test]
@@ -994,24 +1328,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_1_database_is_upgraded_in_place() {
-        let scratch = Scratch::new("v1");
-        std::fs::create_dir_all(&scratch.0).expect("create the data directory");
-        {
-            let db = Database::create(scratch.0.join(DB_FILE)).expect("create");
-            let txn = db.begin_write().expect("write");
-            txn.open_table(META)
-                .expect("meta")
-                .insert("format", FORMAT_V1)
-                .expect("format");
-            txn.open_table(CHUNKS).expect("chunks");
-            txn.commit().expect("commit");
+    async fn version_1_and_2_databases_are_upgraded_in_place() {
+        for old in [FORMAT_V1, FORMAT_V2] {
+            let scratch = Scratch::new("upgrade");
+            std::fs::create_dir_all(&scratch.0).expect("create the data directory");
+            {
+                let db = Database::create(scratch.0.join(DB_FILE)).expect("create");
+                let txn = db.begin_write().expect("write");
+                txn.open_table(META)
+                    .expect("meta")
+                    .insert("format", old)
+                    .expect("format");
+                txn.open_table(CHUNKS).expect("chunks");
+                if old == FORMAT_V2 {
+                    // An unsettled append a version 2 server left.
+                    let mut value = 1u64.to_le_bytes().to_vec();
+                    value.extend_from_slice(&5u64.to_le_bytes());
+                    value.extend_from_slice(b"chunk");
+                    txn.open_table(RECENT)
+                        .expect("recent")
+                        .insert(0, value.as_slice())
+                        .expect("insert");
+                }
+                txn.commit().expect("commit");
+            }
+            let engine = RedbEngine::open(&scratch.0, 1000).expect("open an old directory");
+            let txn = engine.db.begin_read().expect("read");
+            let meta = txn.open_table(META).expect("meta");
+            let format = meta.get("format").expect("get").expect("a format");
+            assert_eq!(format.value(), FORMAT, "from {old}");
+            let settled = u64::from(old == FORMAT_V2);
+            assert_eq!(each_table_rows(&engine.db), (0, 0, settled), "from {old}");
         }
-        let engine = RedbEngine::open(&scratch.0, 1000).expect("open a v1 directory");
-        let txn = engine.db.begin_read().expect("read");
-        let meta = txn.open_table(META).expect("meta");
-        let format = meta.get("format").expect("get").expect("a format");
-        assert_eq!(format.value(), FORMAT);
     }
 
     #[test]
