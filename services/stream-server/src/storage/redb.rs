@@ -1084,6 +1084,15 @@ mod tests {
         }
     }
 
+    /// Creates an empty stream at `path` and waits for its commit.
+    async fn create_stream(engine: &RedbEngine, path: &str) -> Arc<dyn StreamLog> {
+        let (log, commit) = engine
+            .create(path, &meta(), Offset::ZERO, Vec::new(), false)
+            .expect("create");
+        commit.wait().await.expect("create commit");
+        log
+    }
+
     /// Appends each body as one message and waits for its commit.
     async fn append_all(log: &Arc<dyn StreamLog>, bodies: &[Vec<u8>]) {
         for body in bodies {
@@ -1156,10 +1165,7 @@ mod tests {
         let engine = RedbEngine::open(&scratch.0, 4)
             .expect("open")
             .with_tail_cache(0);
-        let (log, commit) = engine
-            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-            .expect("create");
-        commit.wait().await.expect("create commit");
+        let log = create_stream(&engine, "s").await;
         let bodies = bodies(11);
         append_all(&log, &bodies).await;
 
@@ -1187,10 +1193,7 @@ mod tests {
         let bodies = bodies(6);
         let tail = {
             let engine = RedbEngine::open(&scratch.0, 1000).expect("open");
-            let (log, commit) = engine
-                .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-                .expect("create");
-            commit.wait().await.expect("create commit");
+            let log = create_stream(&engine, "s").await;
             append_all(&log, &bodies).await;
             assert_eq!(table_rows(&engine.db), (6, 0));
             log.tail()
@@ -1217,10 +1220,7 @@ mod tests {
             let engine = RedbEngine::open(&scratch.0, 8)
                 .expect("open")
                 .with_tail_cache(0);
-            let (log, commit) = engine
-                .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-                .expect("create");
-            commit.wait().await.expect("create commit");
+            let log = create_stream(&engine, "s").await;
             append_all(&log, &bodies[..8]).await;
             assert_eq!(each_table_rows(&engine.db), (8, 0, 0));
 
@@ -1262,11 +1262,7 @@ mod tests {
             .with_tail_cache(0);
         let mut logs = Vec::new();
         for path in ["a", "b"] {
-            let (log, commit) = engine
-                .create(path, &meta(), Offset::ZERO, Vec::new(), false)
-                .expect("create");
-            commit.wait().await.expect("create commit");
-            logs.push(log);
+            logs.push(create_stream(&engine, path).await);
         }
         // The streams take turns: `a` gets the even bodies, `b` the odd.
         let bodies = bodies(9);
@@ -1302,10 +1298,7 @@ mod tests {
         let engine = RedbEngine::open(&scratch.0, 1000)
             .expect("open")
             .with_tail_cache(0);
-        let (log, commit) = engine
-            .create("s", &meta(), Offset::ZERO, Vec::new(), false)
-            .expect("create");
-        commit.wait().await.expect("create commit");
+        let log = create_stream(&engine, "s").await;
         let bodies = vec![
             b"small".to_vec(),
             vec![b'x'; DIRECT_BYTES],
