@@ -48,6 +48,7 @@ Environment (defaults in brackets):
   DS_STORAGE__SYNC_INTERVAL_MS             file-fast: background fdatasync interval [1000]
   DS_STORAGE__JOURNAL_BYTES                file-durable: shared journal size, at least 1048576 [67108864]
   DS_STORAGE__TAIL_CACHE_BYTES             persistent modes: newest bytes per stream kept in memory, 0 = none [65536]
+  DS_STORAGE__ACID_SETTLE_ROWS             acid: small appends gathered before they are settled, at least 1 [4096]
   DS_TLS__CERT_PATH, DS_TLS__KEY_PATH      PEM files; both set = HTTPS with HTTP/2
   RUST_LOG                                 log filter [stream_server=info,tower_http=info]";
 
@@ -132,6 +133,7 @@ pub struct StorageConfig {
     pub sync_interval_ms: u64,
     pub journal_bytes: u64,
     pub tail_cache_bytes: usize,
+    pub acid_settle_rows: usize,
 }
 
 impl Default for StorageConfig {
@@ -142,6 +144,7 @@ impl Default for StorageConfig {
             sync_interval_ms: 1000,
             journal_bytes: Tuning::default().journal_bytes,
             tail_cache_bytes: Tuning::default().tail_cache_bytes,
+            acid_settle_rows: Tuning::default().acid_settle_rows,
         }
     }
 }
@@ -220,6 +223,12 @@ impl Config {
                 ),
             });
         }
+        if self.storage.acid_settle_rows == 0 {
+            return Err(ConfigError::Invalid {
+                key: "storage.acid_settle_rows",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.http.max_read_bytes == 0 {
             return Err(ConfigError::Invalid {
                 key: "http.max_read_bytes",
@@ -241,7 +250,7 @@ impl Config {
             sync_interval: Duration::from_millis(self.storage.sync_interval_ms),
             journal_bytes: self.storage.journal_bytes,
             tail_cache_bytes: self.storage.tail_cache_bytes,
-            ..Tuning::default()
+            acid_settle_rows: self.storage.acid_settle_rows,
         }
     }
 
@@ -260,5 +269,32 @@ impl Config {
     /// Allowed CORS origins; `None` means any.
     pub fn cors_origins(&self) -> Option<Vec<String>> {
         service_common::cors::parse_origins(&self.http.cors_origins)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, ConfigError};
+
+    /// Loads `toml` as the configuration file, over the defaults.
+    fn load_toml(name: &str, toml: &str) -> Result<Config, ConfigError> {
+        let path =
+            std::env::temp_dir().join(format!("ds-config-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write the configuration file");
+        let loaded = Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn the_acid_settle_threshold_is_read_and_must_be_positive() {
+        let config = load_toml("settle", "[storage]\nacid_settle_rows = 64\n").expect("load");
+        assert_eq!(config.storage_tuning().acid_settle_rows, 64);
+        let refused =
+            load_toml("no-settle", "[storage]\nacid_settle_rows = 0\n").expect_err("0 is refused");
+        assert!(
+            refused.to_string().contains("storage.acid_settle_rows"),
+            "{refused}"
+        );
     }
 }

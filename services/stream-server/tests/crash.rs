@@ -178,6 +178,9 @@ fn spawn(scratch: &Scratch, port: u16) -> (Child, PathBuf) {
         .env("DS_SERVER__HOST", "127.0.0.1")
         .env("DS_SERVER__PORT", port.to_string())
         .env("DS_SERVER__SHUTDOWN_GRACE_SECS", "2")
+        // acid: settle every few appends, so kills land while a recent
+        // table is being settled, not only while one fills.
+        .env("DS_STORAGE__ACID_SETTLE_ROWS", "16")
         .env("RUST_LOG", "stream_server=warn")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
