@@ -846,7 +846,6 @@ impl<'db> Writer<'db> {
             let mut streams = txn.open_table(STREAMS).map_err(io)?;
             let mut chunks = txn.open_table(CHUNKS).map_err(io)?;
             let mut recent = txn.open_table(filling.definition()).map_err(io)?;
-            let mut other_recent = txn.open_table(filling.other().definition()).map_err(io)?;
             let mut producers = txn.open_table(PRODUCERS).map_err(io)?;
             let encode = |record: &StreamRecord| serde_json::to_vec(record).map_err(io);
             let load = |streams: &::redb::Table<&str, &[u8]>,
@@ -943,11 +942,21 @@ impl<'db> Writer<'db> {
                         chunks
                             .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)
                             .map_err(io)?;
+                        let mut settling = Vec::new();
                         for entry in unsettled.lock().iter() {
                             if entry.table == filling {
                                 recent.remove(entry.seq).map_err(io)?;
                             } else {
-                                other_recent.remove(entry.seq).map_err(io)?;
+                                settling.push(entry.seq);
+                            }
+                        }
+                        // The other table is opened only here: a group
+                        // without removals never needs it.
+                        if !settling.is_empty() {
+                            let mut other =
+                                txn.open_table(filling.other().definition()).map_err(io)?;
+                            for seq in settling {
+                                other.remove(seq).map_err(io)?;
                             }
                         }
                         producers
@@ -1290,6 +1299,30 @@ mod tests {
                 .collect();
             assert_eq!(read_all(log), expected);
         }
+    }
+
+    #[tokio::test]
+    async fn removal_mid_settle_clears_both_recent_tables() {
+        let scratch = Scratch::new("remove-mid-settle");
+        let engine = RedbEngine::open(&scratch.0, 8)
+            .expect("open")
+            .with_tail_cache(0);
+        let log = create_stream(&engine, "s").await;
+        let other = create_stream(&engine, "other").await;
+        let bodies = bodies(9);
+        append_all(&log, &bodies).await;
+        // Eight rows being settled (two moved already), one filling.
+        assert_eq!(each_table_rows(&engine.db), (8, 1, 2));
+        log.remove()
+            .expect("remove")
+            .wait()
+            .await
+            .expect("remove commit");
+        assert_eq!(each_table_rows(&engine.db), (0, 0, 0));
+        // The settle goes on past the removed rows, and other streams
+        // keep working.
+        append_all(&other, &bodies[..3]).await;
+        assert_eq!(read_all(&other), bodies[..3].concat());
     }
 
     #[tokio::test]
