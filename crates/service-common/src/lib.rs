@@ -5,10 +5,14 @@
 //! * [`problem`] — RFC 9457 `application/problem+json` refusals;
 //! * [`cors`] — the CORS policy (origins from configuration);
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
-//! * [`settings`] — checks shared by both configurations.
+//! * [`settings`] — checks shared by both configurations;
+//! * [`stream_path`] — what names a stream: URL paths and fork sources,
+//!   resolved the same way by the gateway that authorises and the server
+//!   that acts.
 
 pub mod accept;
 pub mod cors;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;
+pub mod stream_path;

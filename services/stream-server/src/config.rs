@@ -10,6 +10,7 @@ use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,8 +120,8 @@ impl Default for LimitsConfig {
             max_request_body_bytes: 64 * 1024 * 1024,
             max_stream_bytes: 0,
             max_memory_bytes: 4 * 1024 * 1024 * 1024,
-            max_path_bytes: 1024,
-            max_path_segments: 32,
+            max_path_bytes: PathLimits::default().max_bytes,
+            max_path_segments: PathLimits::default().max_segments,
         }
     }
 }

@@ -6,11 +6,11 @@
 
 use super::response::{TRUE, set_next_offset};
 use crate::protocol::headers::{self, HeaderError};
-use crate::protocol::path::PathError;
 use crate::protocol::producer::ProducerRejection;
 use crate::streams::StreamError;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use service_common::stream_path::PathError;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,6 @@ mod sse;
 mod write;
 
 use crate::config::Config;
-use crate::protocol::path::PathLimits;
 use crate::shutdown::ShutdownToken;
 use crate::streams::Streams;
 use axum::Router;
@@ -28,6 +27,7 @@ use http::Response;
 use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as HttpBody;
 use service_common::cors::BrowserCorsLayer;
+use service_common::stream_path::{PathLimits, stream_path_of};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -183,13 +183,6 @@ impl Service<Request> for Routes {
     }
 }
 
-/// The part of `path` after `{base}/`, when it names a stream (is not empty).
-fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
-    path.strip_prefix(base)?
-        .strip_prefix('/')
-        .filter(|rest| !rest.is_empty())
-}
-
 /// The route a request path falls under, for request spans: the pattern
 /// rather than the path keeps stream names out of logs.
 fn route_of(base: &str, path: &str) -> String {
@@ -223,7 +216,7 @@ fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
 
 #[cfg(test)]
 mod tests {
-    use super::{route_of, stream_path_of};
+    use super::route_of;
 
     #[test]
     fn spans_name_the_route_not_the_stream() {
@@ -233,15 +226,5 @@ mod tests {
         assert_eq!(route_of(base, "/v1/stream/"), "unmatched");
         assert_eq!(route_of(base, "/v1/streams/x"), "unmatched");
         assert_eq!(route_of(base, "/metrics"), "unmatched");
-    }
-
-    #[test]
-    fn stream_urls_are_the_non_empty_paths_under_the_base() {
-        let base = "/v1/stream";
-        assert_eq!(stream_path_of(base, "/v1/stream/a/b"), Some("a/b"));
-        assert_eq!(stream_path_of(base, "/v1/stream/"), None);
-        assert_eq!(stream_path_of(base, "/v1/stream"), None);
-        assert_eq!(stream_path_of(base, "/v1/streamx/a"), None);
-        assert_eq!(stream_path_of(base, "/healthz"), None);
     }
 }

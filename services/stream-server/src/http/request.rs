@@ -5,48 +5,35 @@ use super::AppState;
 use super::error::ApiError;
 use crate::protocol::headers;
 use crate::protocol::offset::ReadFrom;
-use crate::protocol::path;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Uri};
 use http_body_util::BodyExt;
-use percent_encoding::percent_decode_str;
+use service_common::stream_path;
 use std::borrow::Cow;
 
 /// The validated stream path of a request URL, relative to the base path.
 pub fn stream_path(state: &AppState, uri: &Uri) -> Result<String, ApiError> {
-    let raw =
-        super::stream_path_of(&state.settings.base_path, uri.path()).ok_or(ApiError::NoRoute)?;
-    decode_path(state, raw)
+    let raw = stream_path::stream_path_of(&state.settings.base_path, uri.path())
+        .ok_or(ApiError::NoRoute)?;
+    Ok(stream_path::decode(raw, state.settings.path_limits)?.into_owned())
 }
 
-/// The registry path named by a `Stream-Forked-From` value: the source's URL
-/// path, or its path relative to the base path.
-pub fn fork_source_path(state: &AppState, value: &str) -> Result<String, ApiError> {
-    let base = state.settings.base_path.as_str();
-    let relative = value
-        .strip_prefix(base)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .unwrap_or(value.trim_start_matches('/'));
-    decode_path(state, relative).map_err(|e| {
+/// The registry path named by the `Stream-Forked-From` header, if any,
+/// resolved as the gateway resolved it when it authorised the request.
+pub fn fork_source_path(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    stream_path::fork_source_of(
+        headers,
+        &state.settings.base_path,
+        state.settings.path_limits,
+    )
+    .map(|source| source.map(Cow::into_owned))
+    .map_err(|e| {
         ApiError::Header(headers::HeaderError::new(
             "Stream-Forked-From",
             e.to_string(),
         ))
     })
-}
-
-fn decode_path(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    // Most paths have nothing to decode.
-    let decoded = if raw.contains('%') {
-        percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| ApiError::Query("stream path is not valid UTF-8".into()))?
-    } else {
-        Cow::Borrowed(raw)
-    };
-    path::validate(&decoded, state.settings.path_limits)?;
-    Ok(decoded.into_owned())
 }
 
 /// Which read mode a `GET` asks for.

@@ -105,7 +105,7 @@ fn expiry(headers: &HeaderMap) -> Result<Option<Expiry>, ApiError> {
 /// The fork headers; the offset headers without `Stream-Forked-From` are a
 /// 400 (§5.1).
 fn fork(state: &AppState, headers: &HeaderMap) -> Result<Option<ForkRequest>, ApiError> {
-    let source = headers::text(headers, &headers::STREAM_FORKED_FROM)?;
+    let source = request::fork_source_path(state, headers)?;
     let offset = headers::text(headers, &headers::STREAM_FORK_OFFSET)?;
     let sub_offset = headers::text(headers, &headers::STREAM_FORK_SUB_OFFSET)?;
     let Some(source) = source else {
@@ -129,7 +129,7 @@ fn fork(state: &AppState, headers: &HeaderMap) -> Result<Option<ForkRequest>, Ap
         .transpose()?
         .unwrap_or(0);
     Ok(Some(ForkRequest {
-        source: request::fork_source_path(state, source)?,
+        source,
         offset,
         sub_offset,
     }))

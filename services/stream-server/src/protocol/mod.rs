@@ -6,13 +6,14 @@
 //! * [`producer`] — the idempotent producer state machine (§5.2.1).
 //! * [`json`] — JSON mode framing: validation and one-level flattening (§9.1).
 //! * [`cursor`] — CDN-collapsing cursors (§10.1).
-//! * [`path`] — stream path validation (§12.2).
 //! * [`sse`] — Server-Sent Events framing of data and control events (§5.8).
+//!
+//! What names a stream (paths, fork sources) is shared with the gateway and
+//! lives in `service_common::stream_path`.
 
 pub mod cursor;
 pub mod headers;
 pub mod json;
 pub mod offset;
-pub mod path;
 pub mod producer;
 pub mod sse;

@@ -1,0 +1,338 @@
+//! What names a stream (§4.2, §12.2), decided in one place for both
+//! services: the gateway authorises exactly the stream that stream-server
+//! then acts on, because both resolve request paths and `Stream-Forked-From`
+//! values with these functions.
+//!
+//! A stream path is the part of the URL path after the stream base path
+//! (`/v1/stream/chat/room-1` names `chat/room-1`), percent-decoded once.
+//! It must be non-empty, valid UTF-8, within the length and segment limits,
+//! free of empty, `.` and `..` segments, control characters and
+//! backslashes, and must not start with the reserved `__ds` segment (§6).
+
+use http::{HeaderMap, HeaderName};
+use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
+
+/// Limits a stream path must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathLimits {
+    pub max_bytes: usize,
+    pub max_segments: usize,
+}
+
+impl Default for PathLimits {
+    /// The defaults of both services, so a gateway left at its defaults
+    /// refuses what a server left at its defaults refuses.
+    fn default() -> Self {
+        PathLimits {
+            max_bytes: 1024,
+            max_segments: 32,
+        }
+    }
+}
+
+/// Why a path or `Stream-Forked-From` value cannot name a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("stream path is empty")]
+    Empty,
+    #[error("stream path is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("stream path has more than {max} segments")]
+    TooManySegments { max: usize },
+    #[error("stream path contains an empty, '.' or '..' segment")]
+    Traversal,
+    #[error("stream path contains a control character or backslash")]
+    BadCharacter,
+    #[error("stream path is not valid UTF-8 once percent-decoded")]
+    NotUtf8,
+    #[error("paths starting with '__ds' are reserved for Durable Streams control APIs")]
+    Reserved,
+    #[error("Stream-Forked-From must be a URL path without spaces or control characters")]
+    MalformedSource,
+    #[error("Stream-Forked-From is repeated")]
+    RepeatedSource,
+}
+
+/// The `Stream-Forked-From` request header.
+pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
+
+/// The undecoded part of the URL path `path` after `{base}/`, when it names
+/// a stream (is not empty). `base` starts with `/` and does not end with one.
+pub fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(base)?
+        .strip_prefix('/')
+        .filter(|rest| !rest.is_empty())
+}
+
+/// Percent-decodes a raw (URL-form) stream path and validates the result.
+/// Most paths have nothing to decode and are returned borrowed.
+pub fn decode(raw: &str, limits: PathLimits) -> Result<Cow<'_, str>, PathError> {
+    // Bounding the raw form first keeps decoding of hostile input cheap;
+    // decoding never makes a path longer.
+    if raw.len() > limits.max_bytes.saturating_mul(3) {
+        return Err(PathError::TooLong {
+            len: raw.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let decoded = if raw.contains('%') {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| PathError::NotUtf8)?
+    } else {
+        Cow::Borrowed(raw)
+    };
+    validate(&decoded, limits)?;
+    Ok(decoded)
+}
+
+/// The source stream a request's `Stream-Forked-From` header names, if it
+/// has one; a repeated header is refused, so no two readers of the request
+/// can pick different values.
+pub fn fork_source_of<'a>(
+    headers: &'a HeaderMap,
+    base: &str,
+    limits: PathLimits,
+) -> Result<Option<Cow<'a, str>>, PathError> {
+    let mut values = headers.get_all(STREAM_FORKED_FROM).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(PathError::RepeatedSource);
+    }
+    fork_source(value.as_bytes(), base, limits).map(Some)
+}
+
+/// The stream a `Stream-Forked-From` value names: the source's URL path
+/// (`{base}/chat/a`), or its path relative to the stream root with or
+/// without a leading `/` (`/chat/a`, `chat/a`).
+///
+/// The value is taken as bytes, exactly as it arrived: HTTP/1.1 parsers
+/// strip surrounding whitespace from field values but HTTP/2 delivers them
+/// as sent, so surrounding spaces and tabs (RFC 9110 OWS) are removed here
+/// for both, and anything else that cannot appear in a URL path (inner
+/// whitespace, controls, non-ASCII) is refused rather than interpreted.
+pub fn fork_source<'a>(
+    value: &'a [u8],
+    base: &str,
+    limits: PathLimits,
+) -> Result<Cow<'a, str>, PathError> {
+    let value = value.trim_ascii_start().trim_ascii_end();
+    if value.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err(PathError::MalformedSource);
+    }
+    let value = std::str::from_utf8(value).map_err(|_| PathError::MalformedSource)?;
+    let relative = match value.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+        Some(rest) => rest,
+        None => value.strip_prefix('/').unwrap_or(value),
+    };
+    decode(relative, limits)
+}
+
+/// Checks a percent-decoded stream path against the rules above.
+pub fn validate(path: &str, limits: PathLimits) -> Result<(), PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > limits.max_bytes {
+        return Err(PathError::TooLong {
+            len: path.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let bad_character = if path.is_ascii() {
+        path.bytes().any(|b| b.is_ascii_control() || b == b'\\')
+    } else {
+        path.chars().any(|c| c.is_control() || c == '\\')
+    };
+    if bad_character {
+        return Err(PathError::BadCharacter);
+    }
+    for (index, segment) in path.split('/').enumerate() {
+        if index >= limits.max_segments {
+            return Err(PathError::TooManySegments {
+                max: limits.max_segments,
+            });
+        }
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(PathError::Traversal);
+        }
+        if index == 0 && segment == "__ds" {
+            return Err(PathError::Reserved);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: PathLimits = PathLimits {
+        max_bytes: 64,
+        max_segments: 4,
+    };
+    const BASE: &str = "/v1/stream";
+
+    fn source(value: &str) -> Result<Cow<'_, str>, PathError> {
+        fork_source(value.as_bytes(), BASE, LIMITS)
+    }
+
+    #[test]
+    fn stream_urls_are_the_non_empty_paths_under_the_base() {
+        assert_eq!(stream_path_of(BASE, "/v1/stream/a/b"), Some("a/b"));
+        assert_eq!(stream_path_of(BASE, "/v1/stream/"), None);
+        assert_eq!(stream_path_of(BASE, "/v1/stream"), None);
+        assert_eq!(stream_path_of(BASE, "/v1/streamx/a"), None);
+        assert_eq!(stream_path_of(BASE, "/healthz"), None);
+    }
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        for ok in [
+            "a",
+            "chat/room-1",
+            "x/y/z/w",
+            "émoji-✓",
+            "a.b/..c",
+            "x/__ds",
+        ] {
+            assert_eq!(validate(ok, LIMITS), Ok(()), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_unsafe_paths() {
+        assert_eq!(validate("", LIMITS), Err(PathError::Empty));
+        assert_eq!(validate("a/../b", LIMITS), Err(PathError::Traversal));
+        assert_eq!(validate("./a", LIMITS), Err(PathError::Traversal));
+        assert_eq!(validate("a//b", LIMITS), Err(PathError::Traversal));
+        assert_eq!(validate("a/", LIMITS), Err(PathError::Traversal));
+        assert_eq!(validate("a\\b", LIMITS), Err(PathError::BadCharacter));
+        assert_eq!(validate("a\0b", LIMITS), Err(PathError::BadCharacter));
+        assert_eq!(validate("a\u{7f}b", LIMITS), Err(PathError::BadCharacter));
+        // C1 controls are two bytes in UTF-8.
+        assert_eq!(validate("é\u{85}b", LIMITS), Err(PathError::BadCharacter));
+        assert_eq!(
+            validate("__ds/subscriptions/x", LIMITS),
+            Err(PathError::Reserved)
+        );
+        assert_eq!(
+            validate("a/b/c/d/e", LIMITS),
+            Err(PathError::TooManySegments { max: 4 })
+        );
+        assert!(matches!(
+            validate(&"a".repeat(65), LIMITS),
+            Err(PathError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn decoding_happens_once_and_before_validation() {
+        assert_eq!(decode("chat/room%201", LIMITS).unwrap(), "chat/room 1");
+        assert_eq!(decode("a%2Fb", LIMITS).unwrap(), "a/b");
+        assert!(matches!(
+            decode("chat/room-1", LIMITS),
+            Ok(Cow::Borrowed("chat/room-1"))
+        ));
+        // Double encoding decodes once: the stream is literally named "%2E%2E".
+        assert_eq!(decode("%252E%252E", LIMITS).unwrap(), "%2E%2E");
+        for bad in [
+            "", "a//b", "a/../b", "%2E%2E/x", "a/.", "a%2F%2Fb", "%FF", "a%00",
+        ] {
+            assert!(decode(bad, LIMITS).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            decode(&"%41".repeat(100), LIMITS),
+            Err(PathError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn fork_sources_name_the_stream_whatever_the_spelling() {
+        for spelling in [
+            "/v1/stream/pay/roll",
+            "pay/roll",
+            "/pay/roll",
+            "  /v1/stream/pay/roll\t",
+            "\t/pay%2Froll ",
+        ] {
+            assert_eq!(source(spelling).unwrap(), "pay/roll", "{spelling:?}");
+        }
+    }
+
+    #[test]
+    fn fork_sources_that_are_not_url_paths_are_refused() {
+        // The HTTP/2 spelling of the bypass: a space segment in front.
+        assert_eq!(source(" /payroll").unwrap(), "payroll");
+        assert_eq!(source("/ /payroll"), Err(PathError::MalformedSource));
+        assert_eq!(source("a b"), Err(PathError::MalformedSource));
+        assert_eq!(source("a\u{0}b"), Err(PathError::MalformedSource));
+        assert_eq!(source("pay/rollé"), Err(PathError::MalformedSource));
+        assert_eq!(source(""), Err(PathError::Empty));
+        assert_eq!(source("   "), Err(PathError::Empty));
+        assert_eq!(source("/v1/stream/"), Err(PathError::Empty));
+        assert_eq!(source("//payroll"), Err(PathError::Traversal));
+        assert_eq!(source("/v1/stream//payroll"), Err(PathError::Traversal));
+        assert_eq!(source("/v1/stream/../payroll"), Err(PathError::Traversal));
+        assert_eq!(source("x/%2e%2e/payroll"), Err(PathError::Traversal));
+        assert_eq!(source("a%09b"), Err(PathError::BadCharacter));
+        assert_eq!(
+            fork_source(b"pay\xffroll", BASE, LIMITS),
+            Err(PathError::MalformedSource)
+        );
+    }
+
+    #[test]
+    fn one_source_header_at_most() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(fork_source_of(&headers, BASE, LIMITS), Ok(None));
+        headers.append(STREAM_FORKED_FROM, "/v1/stream/a".parse().unwrap());
+        assert_eq!(
+            fork_source_of(&headers, BASE, LIMITS).unwrap().as_deref(),
+            Some("a")
+        );
+        headers.append(STREAM_FORKED_FROM, "/v1/stream/b".parse().unwrap());
+        assert_eq!(
+            fork_source_of(&headers, BASE, LIMITS),
+            Err(PathError::RepeatedSource)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in "\\PC{0,80}") {
+            let _ = validate(&s, LIMITS);
+            let _ = decode(&s, LIMITS);
+            let _ = fork_source(s.as_bytes(), BASE, LIMITS);
+        }
+
+        #[test]
+        fn refuses_exactly_the_control_characters_and_backslash(
+            s in "[a-z/\\x00-\\x20\\x7f-\\u{a0}\\\\]{1,20}"
+        ) {
+            let expected = s.chars().any(|c| c.is_control() || c == '\\');
+            prop_assert_eq!(validate(&s, LIMITS) == Err(PathError::BadCharacter), expected);
+        }
+
+        /// Whatever resolves is a valid stream path, and resolving its own
+        /// encoded form gives it back.
+        #[test]
+        fn resolved_sources_are_valid_and_stable(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            if let Ok(name) = fork_source(&bytes, BASE, LIMITS) {
+                prop_assert_eq!(validate(&name, LIMITS), Ok(()));
+                let encoded: String = percent_encoding::utf8_percent_encode(
+                    &name,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string()
+                .replace("%2F", "/");
+                let again = fork_source(encoded.as_bytes(), BASE, LIMITS);
+                prop_assert_eq!(again.as_deref(), Ok(name.as_ref()));
+            }
+        }
+    }
+}
