@@ -10,6 +10,7 @@ use crate::token::{KeyError, TokenKeys};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,8 +37,11 @@ Environment (defaults in brackets):
   GW_LIMITS__RATE_PER_SECOND          requests per token per second, 0 = off [1000]
   GW_LIMITS__BURST                    token bucket size [2000]
   GW_LIMITS__MAX_REQUEST_BODY_BYTES   larger bodies get 413 [67108864]
+  GW_LIMITS__MAX_PATH_BYTES           longest stream path, as stream-server's [1024]
+  GW_LIMITS__MAX_PATH_SEGMENTS        most stream path segments, as stream-server's [32]
   GW_HTTP__CORS_ORIGINS               comma-separated allowed origins, or * [*]
   GW_HTTP__STREAM_BASE_PATH           URL prefix of streams [/v1/stream]
+  GW_HTTP__SHARED_CACHE               let shared caches keep authenticated reads [false]
   RUST_LOG                            log filter [auth_gateway=info,tower_http=info]";
 
 /// Every setting of the gateway.
@@ -120,6 +124,11 @@ pub struct LimitsConfig {
     pub rate_per_second: u32,
     pub burst: u32,
     pub max_request_body_bytes: u64,
+    /// Stream paths (and fork sources) longer than this are refused before
+    /// any pattern is matched; keep it equal to stream-server's.
+    pub max_path_bytes: usize,
+    /// The same for the number of `/`-separated segments.
+    pub max_path_segments: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +136,9 @@ pub struct LimitsConfig {
 pub struct HttpConfig {
     pub cors_origins: String,
     pub stream_base_path: String,
+    /// Whether shared caches (a CDN in front of the gateway) may keep
+    /// answers to authenticated reads. Off, `public` becomes `private`.
+    pub shared_cache: bool,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +190,8 @@ impl Default for LimitsConfig {
             rate_per_second: 1000,
             burst: 2000,
             max_request_body_bytes: 64 * 1024 * 1024,
+            max_path_bytes: PathLimits::default().max_bytes,
+            max_path_segments: PathLimits::default().max_segments,
         }
     }
 }
@@ -187,6 +201,7 @@ impl Default for HttpConfig {
         HttpConfig {
             cors_origins: "*".into(),
             stream_base_path: "/v1/stream".into(),
+            shared_cache: false,
         }
     }
 }
@@ -269,6 +284,12 @@ impl Config {
                 reason: "must start with '/' and not end with '/'".into(),
             });
         }
+        if self.limits.max_path_bytes == 0 || self.limits.max_path_segments == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_path_bytes",
+                reason: "and limits.max_path_segments must be at least 1".into(),
+            });
+        }
         if self.limits.rate_per_second > 0 && self.limits.burst == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.burst",
@@ -299,6 +320,14 @@ impl Config {
 
     pub fn last_used_flush_interval(&self) -> Duration {
         Duration::from_secs_f64(self.auth.last_used_flush_secs)
+    }
+
+    /// What a stream path may be, as stream-server is configured to check.
+    pub fn path_limits(&self) -> PathLimits {
+        PathLimits {
+            max_bytes: self.limits.max_path_bytes,
+            max_segments: self.limits.max_path_segments,
+        }
     }
 
     /// Allowed CORS origins; `None` means any.

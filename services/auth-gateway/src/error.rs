@@ -8,6 +8,7 @@
 use crate::scope::Scope;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use service_common::stream_path::PathError;
 use std::time::Duration;
 
 /// Realm named in every bearer challenge.
@@ -35,9 +36,12 @@ pub enum GatewayError {
     /// 413: the body is larger than the configured limit.
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
-    /// 400: the request is malformed (bad path, bad admin input).
+    /// 400: the request is malformed (bad admin input).
     #[error("{0}")]
     BadRequest(String),
+    /// 400: the stream path or fork source cannot name a stream.
+    #[error(transparent)]
+    Path(#[from] PathError),
     /// 405: the URL does not support this method.
     #[error("method not allowed here")]
     MethodNotAllowed,
@@ -59,9 +63,9 @@ impl GatewayError {
     fn status(&self) -> StatusCode {
         match self {
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InvalidRequest(_) | GatewayError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::InvalidRequest(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::Path(_) => StatusCode::BAD_REQUEST,
             GatewayError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,15 +1,21 @@
 //! What one token may do: its row from Postgres, parsed once, and the
 //! checks every request runs against it (still active, scope, stream path).
+//!
+//! A grant also ends: when its row changes (revoked, rights narrowed) the
+//! authenticator ends it, and requests it authorised that are still open
+//! (live reads, uploads) stop with it.
 
 use crate::pattern::StreamPattern;
 use crate::proxy::Identity;
 use crate::scope::Scope;
 use crate::store::TokenRow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 /// The rights of one token, as stored in its row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Grant {
     /// Shared, so the rate limiter keys its buckets by it without a copy.
     pub token_id: Arc<str>,
@@ -20,6 +26,10 @@ pub struct Grant {
     pub streams: Vec<StreamPattern>,
     pub expires_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// Set once the row this grant was read from no longer holds.
+    ended: AtomicBool,
+    /// Wakes the open requests waiting in [`Grant::ended`].
+    ending: Notify,
 }
 
 impl Grant {
@@ -57,7 +67,57 @@ impl Grant {
             streams,
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
+            ended: AtomicBool::new(false),
+            ending: Notify::new(),
         }
+    }
+
+    /// Whether `other` allows exactly what this grant allows, to the same
+    /// subject, until the same time.
+    pub fn same_rights(&self, other: &Grant) -> bool {
+        self.token_id == other.token_id
+            && self.subject == other.subject
+            && self.scopes == other.scopes
+            && self.streams == other.streams
+            && self.expires_at == other.expires_at
+            && self.revoked_at == other.revoked_at
+    }
+
+    /// Ends the grant: requests it authorised that are still open stop.
+    pub fn end(&self) {
+        // The flag first: a waiter that registers after the wake-up below
+        // sees it (see `ended`).
+        self.ended.store(true, Ordering::SeqCst);
+        self.ending.notify_waiters();
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the grant is ended or its token expires, whichever
+    /// comes first.
+    pub async fn ended(&self) {
+        let notified = self.ending.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so an `end` in between is
+        // not missed.
+        notified.as_mut().enable();
+        if self.is_ended() {
+            return;
+        }
+        let left = self.expires_at - OffsetDateTime::now_utc();
+        let left = std::time::Duration::try_from(left).unwrap_or_default();
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+
+    /// Whether the grant still admits requests at `now`: not ended, not
+    /// revoked, not expired.
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        !self.is_ended() && self.inactive_reason(now).is_none()
     }
 
     /// Why the row no longer admits the token, if it does not.
@@ -124,6 +184,58 @@ mod tests {
         assert_eq!(grant.scopes, vec![Scope::Read]);
         assert!(grant.allows(Scope::Read, "a/b"));
         assert!(!grant.allows(Scope::Read, ""));
+    }
+
+    #[test]
+    fn rights_compare_without_the_ending_state() {
+        let read_a = row(&["read"], &["a/**"]);
+        let a = Grant::from_row(read_a.clone());
+        a.end();
+        assert!(a.same_rights(&Grant::from_row(read_a.clone())));
+        let narrower = TokenRow {
+            streams: vec!["a/*".into()],
+            ..read_a.clone()
+        };
+        assert!(!a.same_rights(&Grant::from_row(narrower)));
+        let other_scope = TokenRow {
+            scopes: vec!["write".into()],
+            ..read_a.clone()
+        };
+        assert!(!a.same_rights(&Grant::from_row(other_scope)));
+        let longer = TokenRow {
+            expires_at: read_a.expires_at + Duration::hours(1),
+            ..read_a
+        };
+        assert!(!a.same_rights(&Grant::from_row(longer)));
+    }
+
+    #[tokio::test]
+    async fn ending_wakes_waiters_and_later_callers() {
+        let grant = Arc::new(Grant::from_row(row(&["read"], &["**"])));
+        let waiter = tokio::spawn({
+            let grant = grant.clone();
+            async move { grant.ended().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(grant.is_live(OffsetDateTime::now_utc()));
+        grant.end();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("waiter");
+        grant.ended().await;
+        assert!(!grant.is_live(OffsetDateTime::now_utc()));
+    }
+
+    #[tokio::test]
+    async fn expiry_ends_a_grant() {
+        let mut expiring = row(&["read"], &["**"]);
+        expiring.expires_at = OffsetDateTime::now_utc() + Duration::milliseconds(50);
+        let grant = Grant::from_row(expiring);
+        tokio::time::timeout(std::time::Duration::from_secs(5), grant.ended())
+            .await
+            .expect("ends at expiry");
     }
 
     #[test]

@@ -9,10 +9,12 @@ use crate::error::GatewayError;
 use crate::grant::Grant;
 use crate::proxy::{ClientIp, Forwarding, Upstream};
 use crate::rate_limit::RateLimiter;
+use crate::readiness::Readiness;
+use crate::revocation::UntilRevoked;
 use crate::scope::Scope;
 use axum::BoxError;
 use axum::Router;
-use axum::body::HttpBody;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,9 +22,8 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
-use percent_encoding::percent_decode_str;
 use service_common::cors::BrowserCorsLayer;
-use std::borrow::Cow;
+use service_common::stream_path;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,7 @@ pub struct Gateway {
     pub authenticator: Arc<Authenticator>,
     pub upstream: Upstream,
     pub limiter: RateLimiter,
+    pub readiness: Readiness,
 }
 
 pub type SharedGateway = Arc<Gateway>;
@@ -89,7 +91,7 @@ impl App {
     + Sync
     + 'static
     where
-        B: HttpBody<Data = Bytes> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let routes = Routes {
@@ -131,7 +133,7 @@ struct Routes {
 
 impl<B> Service<Request<B>> for Routes
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response;
@@ -148,7 +150,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let base = &self.gateway.config.http.stream_base_path;
-        if stream_path_of(base, request.uri().path()).is_some() {
+        if stream_path::stream_path_of(base, request.uri().path()).is_some() {
             let gateway = self.gateway.clone();
             let client_ip = self.client_ip.clone();
             Either::Left(Box::pin(async move {
@@ -162,13 +164,6 @@ where
     }
 }
 
-/// The part of `path` after `{base}/`, when it names a stream (is not empty).
-fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
-    path.strip_prefix(base)?
-        .strip_prefix('/')
-        .filter(|rest| !rest.is_empty())
-}
-
 fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
     use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
     // Refusals must be readable too: their challenge and retry time.
@@ -178,18 +173,18 @@ fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
     service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, exposed)
 }
 
-/// Ready when Postgres and stream-server both answer.
+/// Ready when Postgres and stream-server both answered the latest probe
+/// (probed in the background, so requests here cost no database or
+/// upstream round trip whatever their rate).
 async fn readyz(State(gateway): State<SharedGateway>) -> Response {
-    let (postgres, upstream) = tokio::join!(
-        gateway.authenticator.store().ping(),
-        gateway.upstream.is_healthy()
-    );
+    let probe = gateway.readiness.latest();
     let body = serde_json::json!({
-        "postgres": if postgres.is_ok() { "ok" } else { "unreachable" },
-        "upstream": if upstream { "ok" } else { "unreachable" },
+        "postgres": if probe.postgres { "ok" } else { "unreachable" },
+        "upstream": if probe.upstream { "ok" } else { "unreachable" },
         "revocation_listener": gateway.authenticator.is_listening(),
+        "probed_ms_ago": probe.age().as_millis() as u64,
     });
-    let status = if postgres.is_ok() && upstream {
+    let status = if probe.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -222,13 +217,17 @@ pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, Ga
 }
 
 /// Any request to a stream URL: authenticated, authorised, then proxied.
+///
+/// The stream and any fork source are resolved by `service_common`'s
+/// [`stream_path`], the same functions stream-server resolves them with, so
+/// what is authorised here is what the server acts on.
 async fn stream<B>(
     gateway: SharedGateway,
     client_ip: Option<HeaderValue>,
     request: Request<B>,
 ) -> Result<Response, GatewayError>
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
@@ -239,30 +238,24 @@ where
     let scope =
         Scope::for_stream_method(parts.method.as_str()).ok_or(GatewayError::MethodNotAllowed)?;
     let base = gateway.config.http.stream_base_path.as_str();
-    let path = stream_path(stream_path_of(base, parts.uri.path()).unwrap_or_default())?;
+    let limits = gateway.config.path_limits();
+    let raw = stream_path::stream_path_of(base, parts.uri.path()).unwrap_or_default();
+    let path = stream_path::decode(raw, limits)?;
     if !grant.allows(scope, &path) {
         return Err(GatewayError::InsufficientScope {
             scope,
             target: path.into_owned(),
         });
     }
+    // Only a `PUT` creates, so only a `PUT` forks.
     if parts.method == Method::PUT
-        && let Some(source) = parts.headers.get("stream-forked-from")
+        && let Some(source) = stream_path::fork_source_of(&parts.headers, base, limits)?
+        && !grant.allows(Scope::Read, &source)
     {
-        let source = source
-            .to_str()
-            .map_err(|_| GatewayError::BadRequest("Stream-Forked-From is not text".into()))?;
-        let relative = source
-            .strip_prefix(base)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .unwrap_or(source.trim_start_matches('/'));
-        let source = stream_path(relative)?;
-        if !grant.allows(Scope::Read, &source) {
-            return Err(GatewayError::InsufficientScope {
-                scope: Scope::Read,
-                target: source.into_owned(),
-            });
-        }
+        return Err(GatewayError::InsufficientScope {
+            scope: Scope::Read,
+            target: source.into_owned(),
+        });
     }
 
     let forwarding = Forwarding {
@@ -270,58 +263,19 @@ where
         query: forward_query,
         client_ip,
     };
-    gateway
+    let waits_for_news = parts.method == Method::GET;
+    let body = UntilRevoked::new(body, grant.clone());
+    let forward = gateway
         .upstream
-        .forward(Request::from_parts(parts, body), forwarding)
-        .await
-}
-
-/// The percent-decoded stream path, refused when it could be read as a
-/// different stream than the one authorised (`.`, `..`, empty segments).
-/// Most paths have nothing to decode and are returned as they are.
-fn stream_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
-    let decoded = if raw.contains('%') {
-        percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| GatewayError::BadRequest("stream path is not valid UTF-8".into()))?
-    } else {
-        Cow::Borrowed(raw)
-    };
-    if decoded
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return Err(GatewayError::BadRequest(
-            "stream path contains an empty, '.' or '..' segment".into(),
-        ));
-    }
-    Ok(decoded)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_urls_are_the_non_empty_paths_under_the_base() {
-        let base = "/v1/stream";
-        assert_eq!(stream_path_of(base, "/v1/stream/a/b"), Some("a/b"));
-        assert_eq!(stream_path_of(base, "/v1/stream/"), None);
-        assert_eq!(stream_path_of(base, "/v1/stream"), None);
-        assert_eq!(stream_path_of(base, "/v1/streamx/a"), None);
-        assert_eq!(stream_path_of(base, "/healthz"), None);
-    }
-
-    #[test]
-    fn stream_paths_decode_and_refuse_traversal() {
-        assert_eq!(stream_path("chat/room%201").expect("ok"), "chat/room 1");
-        assert_eq!(stream_path("a%2Fb").expect("ok"), "a/b");
-        assert!(matches!(
-            stream_path("chat/room-1"),
-            Ok(Cow::Borrowed("chat/room-1"))
-        ));
-        for bad in ["", "a//b", "a/../b", "%2E%2E/x", "a/.", "a%2F%2Fb", "%FF"] {
-            assert!(stream_path(bad).is_err(), "{bad}");
+        .forward(Request::from_parts(parts, body), forwarding);
+    let response = if waits_for_news {
+        // A long-poll's answer may be a long time coming.
+        tokio::select! {
+            response = forward => response?,
+            () = grant.ended() => return Err(GatewayError::InvalidToken("token revoked or expired")),
         }
-    }
+    } else {
+        forward.await?
+    };
+    Ok(response.map(|body| Body::new(UntilRevoked::new(body, grant))))
 }

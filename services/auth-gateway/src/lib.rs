@@ -12,6 +12,8 @@
 //! * [`credentials`] — finding the bearer token in a request.
 //! * [`authenticator`] — token → grant, cached, revoked by `LISTEN/NOTIFY`.
 //! * [`rate_limit`] — per-token token buckets.
+//! * [`revocation`] — proxied bodies that stop when their token's grant ends.
+//! * [`readiness`] — `/readyz`, probed in the background.
 //! * [`proxy`] — the streaming reverse proxy to stream-server.
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
@@ -32,6 +34,8 @@ pub mod issuer;
 pub mod pattern;
 pub mod proxy;
 pub mod rate_limit;
+pub mod readiness;
+pub mod revocation;
 pub mod scope;
 pub mod server;
 pub mod store;

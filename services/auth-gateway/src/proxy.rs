@@ -5,19 +5,22 @@
 //! Dropping the client's request or response drops the upstream one, so a
 //! client that disconnects cancels its upstream request. Hop-by-hop headers
 //! (RFC 9110 §7.6.1) stay on their hop; credentials never travel upstream;
-//! identity headers are the gateway's own; `Location` points at the gateway.
+//! identity and `X-Forwarded-*` headers are the gateway's own; `Location`
+//! points at the gateway; and answers to these authenticated requests are
+//! kept out of shared caches (see [`restrict_caching`]).
 
 use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
+use crate::revocation::caused_by_grant_end;
 use axum::BoxError;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -105,6 +108,11 @@ pub struct Upstream {
     host: HeaderValue,
     /// `server.public_url` without a trailing slash.
     public_origin: Option<String>,
+    /// The authority of `public_origin`, for `X-Forwarded-Host` when a
+    /// request names none.
+    public_host: Option<HeaderValue>,
+    /// Whether shared caches may keep answers (`http.shared_cache`).
+    shared_cache: bool,
     max_body_bytes: u64,
 }
 
@@ -138,6 +146,16 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.upstream.max_idle_connections)
             .build(connector);
+        let public_origin = config
+            .server
+            .public_url
+            .as_deref()
+            .map(|url| url.trim_end_matches('/').to_owned());
+        let public_host = public_origin
+            .as_deref()
+            .and_then(|origin| origin.parse::<Uri>().ok())
+            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+            .and_then(|authority| HeaderValue::from_str(&authority).ok());
         Ok(Upstream {
             client,
             scheme: scheme.clone(),
@@ -145,11 +163,9 @@ impl Upstream {
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
             host,
             origin: origin.to_owned(),
-            public_origin: config
-                .server
-                .public_url
-                .as_deref()
-                .map(|url| url.trim_end_matches('/').to_owned()),
+            public_origin,
+            public_host,
+            shared_cache: config.http.shared_cache,
             max_body_bytes: config.limits.max_request_body_bytes,
         })
     }
@@ -179,7 +195,7 @@ impl Upstream {
         &self,
         request: Request<B>,
         forwarding: Forwarding,
-    ) -> Result<Response, GatewayError>
+    ) -> Result<http::Response<Incoming>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -194,10 +210,12 @@ impl Upstream {
             .target(&parts.uri, forwarding.query.as_deref())
             .ok_or_else(|| GatewayError::BadRequest("request URL cannot be forwarded".into()))?;
         let client_uri = std::mem::replace(&mut parts.uri, target);
+        let cacheable = matches!(parts.method, http::Method::GET | http::Method::HEAD);
         let client_host = prepare_request_headers(
             &mut parts.headers,
             &forwarding,
             &self.host,
+            self.forwarded_host(&parts.uri),
             self.public_is_https(),
         );
         // The pool speaks HTTP/1.1 to stream-server whatever the client used.
@@ -210,6 +228,8 @@ impl Upstream {
                 GatewayError::PayloadTooLarge {
                     limit: self.max_body_bytes,
                 }
+            } else if caused_by_grant_end(&e) {
+                GatewayError::InvalidToken("token revoked or expired")
             } else {
                 tracing::warn!("upstream request failed: {e}");
                 GatewayError::Upstream
@@ -218,7 +238,17 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         let public_origin = || self.public_origin_for(client_host.as_ref(), &client_uri);
         prepare_response_headers(&mut parts.headers, &self.origin, public_origin);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        restrict_caching(&mut parts.headers, cacheable, self.shared_cache);
+        Ok(http::Response::from_parts(parts, body))
+    }
+
+    /// The `X-Forwarded-Host` for a request: the `Host` it was sent to, or
+    /// its URI's authority (HTTP/2 `:authority`), or the public URL's.
+    fn forwarded_host(&self, client_uri: &Uri) -> Option<HeaderValue> {
+        client_uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+            .or_else(|| self.public_host.clone())
     }
 
     /// The upstream URI for a client's request URI and the query to send.
@@ -317,12 +347,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Makes a client's request headers the upstream request's: `Host` becomes
-/// `upstream_host`; the client's is returned (it also goes out as
-/// `X-Forwarded-Host`).
+/// `upstream_host`; the client's is returned. `X-Forwarded-Host` is the
+/// client's `Host`, else `fallback_host`, never what the client sent as
+/// `X-Forwarded-Host`.
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     forwarding: &Forwarding,
     upstream_host: &HeaderValue,
+    fallback_host: Option<HeaderValue>,
     public_is_https: bool,
 ) -> Option<HeaderValue> {
     let client_host = headers.get(header::HOST).cloned();
@@ -362,9 +394,10 @@ fn prepare_request_headers(
             }
         }
     }
-    if let Some(host) = &client_host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
+    match client_host.clone().or(fallback_host) {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     let proto = if public_is_https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     client_host
@@ -415,6 +448,65 @@ fn prepare_response_headers(
     if let Some(location) = rewritten {
         headers.insert(header::LOCATION, location);
     }
+}
+
+/// Keeps an answer to an authenticated request out of shared caches.
+///
+/// stream-server marks catch-up reads `public` so CDNs can collapse them
+/// (PROTOCOL §10.1), but behind the gateway every request carries a token:
+/// a shared cache must not hand one token's answer to another client
+/// (RFC 9111 §3.5). So `public` becomes `private` (a browser's own cache
+/// keeps `max-age` and `stale-while-revalidate`), directives for shared
+/// caches go, and `Vary: Authorization` is added to cacheable answers.
+/// With `shared_cache` (an operator's opt-in) upstream's `public` stays,
+/// still varying on the token.
+fn restrict_caching(headers: &mut HeaderMap, cacheable: bool, shared_cache: bool) {
+    if cacheable || headers.contains_key(header::CACHE_CONTROL) {
+        headers.append(header::VARY, HeaderValue::from_static("authorization"));
+    }
+    if shared_cache {
+        return;
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        return;
+    }
+    let texts: Option<Vec<&str>> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(|value| value.to_str().ok())
+        .collect();
+    // A value that is not text cannot be rewritten: nothing may store it.
+    let rewritten = texts.map_or_else(|| "no-store".to_owned(), |texts| private_directives(&texts));
+    let value = HeaderValue::from_str(&rewritten).unwrap_or(HeaderValue::from_static("no-store"));
+    headers.insert(header::CACHE_CONTROL, value);
+}
+
+/// `Cache-Control` directives without those for shared caches, and with
+/// `private` unless they already keep every cache out (`private`,
+/// `no-store`).
+fn private_directives(values: &[&str]) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut private = false;
+    for directive in values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+    {
+        let name = directive.split('=').next().unwrap_or_default().trim();
+        if ["public", "s-maxage", "proxy-revalidate"]
+            .iter()
+            .any(|shared| name.eq_ignore_ascii_case(shared))
+        {
+            continue;
+        }
+        private |= name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store");
+        kept.push(directive);
+    }
+    if !private {
+        kept.insert(0, "private");
+    }
+    kept.join(", ")
 }
 
 /// Whether a `Vary` field is one the CORS layer varies on.
@@ -476,7 +568,7 @@ mod tests {
         ]);
         let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
         let client_host =
-            prepare_request_headers(&mut headers, &forwarding(), &upstream_host, true);
+            prepare_request_headers(&mut headers, &forwarding(), &upstream_host, None, true);
         assert_eq!(client_host.expect("client's host"), "streams.example.com");
         for gone in [
             "connection",
@@ -518,7 +610,7 @@ mod tests {
             ..forwarding()
         };
         let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
-        prepare_request_headers(&mut headers, &forwarding, &upstream_host, false);
+        prepare_request_headers(&mut headers, &forwarding, &upstream_host, None, false);
         assert!(headers.get("x-auth-subject").is_none());
         assert!(headers.get("x-auth-token-id").is_none());
         assert_eq!(
@@ -566,6 +658,80 @@ mod tests {
             headers["stream-next-offset"],
             "0000000000000000_0000000000000000"
         );
+    }
+
+    #[test]
+    fn forwarded_host_is_never_the_clients_own() {
+        let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
+        // HTTP/2 without `Host`: the authority stands in, the client's
+        // claim goes.
+        let mut headers = map(&[("x-forwarded-host", "evil.example")]);
+        let fallback = Some(HeaderValue::from_static("gw.example:8080"));
+        prepare_request_headers(&mut headers, &forwarding(), &upstream_host, fallback, false);
+        assert_eq!(headers["x-forwarded-host"], "gw.example:8080");
+        let mut headers = map(&[("x-forwarded-host", "evil.example")]);
+        prepare_request_headers(&mut headers, &forwarding(), &upstream_host, None, false);
+        assert!(headers.get("x-forwarded-host").is_none());
+        let upstream = upstream("http://127.0.0.1:4437", Some("https://streams.example"));
+        let origin_form: Uri = "/v1/stream/a".parse().expect("uri");
+        let absolute: Uri = "http://gw:8080/v1/stream/a".parse().expect("uri");
+        assert_eq!(
+            upstream.forwarded_host(&origin_form).expect("public"),
+            "streams.example"
+        );
+        assert_eq!(
+            upstream.forwarded_host(&absolute).expect("authority"),
+            "gw:8080"
+        );
+    }
+
+    #[test]
+    fn authenticated_answers_are_private_and_vary_on_the_token() {
+        let rewrite = |value: &str, shared: bool| {
+            let mut headers = map(&[("cache-control", value), ("vary", "accept")]);
+            restrict_caching(&mut headers, true, shared);
+            (
+                headers["cache-control"].to_str().expect("text").to_owned(),
+                headers.get_all("vary").iter().collect::<Vec<_>>().len(),
+            )
+        };
+        assert_eq!(
+            rewrite("public, max-age=60, stale-while-revalidate=300", false).0,
+            "private, max-age=60, stale-while-revalidate=300"
+        );
+        assert_eq!(
+            rewrite("Public, s-maxage=600, max-age=5", false).0,
+            "private, max-age=5"
+        );
+        assert_eq!(rewrite("no-store", false).0, "no-store");
+        assert_eq!(rewrite("private, max-age=1", false).0, "private, max-age=1");
+        assert_eq!(
+            rewrite("max-age=1, must-revalidate", false).0,
+            "private, max-age=1, must-revalidate"
+        );
+        assert_eq!(rewrite("public, max-age=60", true).0, "public, max-age=60");
+        assert_eq!(
+            rewrite("public, max-age=60", true).1,
+            2,
+            "Vary: Authorization added"
+        );
+
+        let mut opaque = HeaderMap::new();
+        opaque.insert(
+            "cache-control",
+            HeaderValue::from_bytes(b"public\xff").expect("value"),
+        );
+        restrict_caching(&mut opaque, true, false);
+        assert_eq!(opaque["cache-control"], "no-store");
+
+        // An append's answer has nothing to cache: nothing added.
+        let mut write = HeaderMap::new();
+        restrict_caching(&mut write, false, false);
+        assert!(write.is_empty());
+        let mut read = HeaderMap::new();
+        restrict_caching(&mut read, true, false);
+        assert_eq!(read["vary"], "authorization");
+        assert!(read.get("cache-control").is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::connections;
 use crate::http::{App, Gateway, SharedGateway};
 use crate::proxy::Upstream;
 use crate::rate_limit::RateLimiter;
+use crate::readiness::Readiness;
 use crate::store::{StoreError, TokenStore};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ pub fn gateway(config: Config) -> Result<SharedGateway, ServeError> {
         authenticator,
         upstream,
         limiter,
+        readiness: Readiness::default(),
     }))
 }
 
@@ -102,6 +104,17 @@ pub async fn serve(
         })
     };
 
+    let prober = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let gateway = &gateway;
+            gateway
+                .readiness
+                .keep_probing(gateway.authenticator.store(), &gateway.upstream)
+                .await;
+        })
+    };
+
     let local = listener.local_addr()?;
     tracing::info!(
         upstream = gateway.upstream.origin(),
@@ -130,6 +143,7 @@ pub async fn serve(
     }
     listener_task.abort();
     housekeeping.abort();
+    prober.abort();
     gateway.authenticator.maintain().await;
     Ok(())
 }

@@ -133,6 +133,17 @@ impl TokenStore {
         Ok(row)
     }
 
+    /// The rows of these tokens (those that exist), in one statement.
+    pub async fn find_many(&self, ids: &[String]) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query_as::<_, TokenRow>(&format!(
+            "SELECT {COLUMNS} FROM tokens WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Every token row, newest first.
     pub async fn list(&self) -> Result<Vec<TokenRow>, StoreError> {
         let rows = sqlx::query_as::<_, TokenRow>(&format!(
