@@ -44,6 +44,7 @@ Environment (defaults in brackets):
   DS_LIMITS__MAX_MEMORY_BYTES              total in-memory data limit, 0 = none [4294967296]
   DS_LIMITS__MAX_PATH_BYTES                longest stream path [1024]
   DS_LIMITS__MAX_PATH_SEGMENTS             most '/'-separated path segments [32]
+  DS_LIMITS__MAX_JSON_DEPTH                deepest JSON nesting a reader parses, at least 1 [64]
   DS_STORAGE__MODE                         memory, file-fast, file-durable, acid (alias redb) [memory]
   DS_STORAGE__DATA_DIR                     directory of persistent modes [./data]
   DS_STORAGE__SYNC_INTERVAL_MS             file-fast: background fdatasync interval [1000]
@@ -112,6 +113,11 @@ pub struct LimitsConfig {
     pub max_memory_bytes: u64,
     pub max_path_bytes: usize,
     pub max_path_segments: usize,
+    /// Deepest nesting of arrays and objects in JSON appends, as readers
+    /// parse it: the array reads wrap messages in counts as a level. Deeper
+    /// bodies get `400`. Kept below the defaults of readers' JSON parsers
+    /// (see `protocol::json::DEFAULT_MAX_DEPTH`); at least 1.
+    pub max_json_depth: usize,
 }
 
 impl Default for LimitsConfig {
@@ -122,6 +128,7 @@ impl Default for LimitsConfig {
             max_memory_bytes: 4 * 1024 * 1024 * 1024,
             max_path_bytes: PathLimits::default().max_bytes,
             max_path_segments: PathLimits::default().max_segments,
+            max_json_depth: crate::protocol::json::DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -236,6 +243,12 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.limits.max_json_depth == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_json_depth",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls",
@@ -295,6 +308,22 @@ mod tests {
             load_toml("no-settle", "[storage]\nacid_settle_rows = 0\n").expect_err("0 is refused");
         assert!(
             refused.to_string().contains("storage.acid_settle_rows"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_json_depth_limit_is_read_and_must_be_positive() {
+        assert_eq!(
+            Config::default().limits.max_json_depth,
+            crate::protocol::json::DEFAULT_MAX_DEPTH
+        );
+        let config = load_toml("depth", "[limits]\nmax_json_depth = 8\n").expect("load");
+        assert_eq!(config.limits.max_json_depth, 8);
+        let refused =
+            load_toml("no-depth", "[limits]\nmax_json_depth = 0\n").expect_err("0 is refused");
+        assert!(
+            refused.to_string().contains("limits.max_json_depth"),
             "{refused}"
         );
     }

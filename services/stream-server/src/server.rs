@@ -65,6 +65,7 @@ pub async fn serve(
             StorageMode::Memory => config.limits.max_memory_bytes,
             _ => 0,
         },
+        max_json_depth: config.limits.max_json_depth,
     };
     let streams = Arc::new(Streams::open(Arc::clone(&engine), limits)?);
     let tls = match (&config.tls.cert_path, &config.tls.key_path) {

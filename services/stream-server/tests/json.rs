@@ -1,7 +1,8 @@
 //! JSON mode (PROTOCOL.md §9.1): one level of array flattening, `[]` allowed
 //! on `PUT` but refused on `POST`, JSON validation, array-shaped responses
 //! (including `[]` for empty ranges and `offset=now`), message boundaries as
-//! offsets, and chunked reads that are each a complete array.
+//! offsets, chunked reads that are each a complete array, and the nesting
+//! depth limit (what a reader parses, the read array included).
 
 mod common;
 
@@ -242,4 +243,97 @@ async fn long_poll_answers_json_arrays() {
     );
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(json_body(response).await, json!([{"a":1},{"b":2}]));
+}
+
+/// `n` arrays, one inside the next.
+fn nested_arrays(n: usize) -> String {
+    format!("{}{}", "[".repeat(n), "]".repeat(n))
+}
+
+/// `n` objects, one inside the next, with brackets and escaped quotes in
+/// their keys and strings (which are not nesting).
+fn nested_objects(n: usize) -> String {
+    let mut json = r#""]]\"[[""#.to_owned();
+    for _ in 0..n {
+        json = format!(r#"{{"[{{\"": {json}}}"#);
+    }
+    json
+}
+
+/// A body nested far deeper than readers' parsers go (Python's `json` fails
+/// on it) is refused whole, so no reader is ever stuck at a message it
+/// cannot parse; a create carrying it creates nothing.
+#[tokio::test]
+async fn bodies_nested_past_the_depth_limit_are_refused() {
+    let server = TestServer::start().await;
+    server.create("j", JSON).await;
+    let tail = server.append("j", JSON, r#"{"before": 1}"#).await;
+    let deep = nested_arrays(200_000);
+
+    let append = send(
+        server
+            .post("j")
+            .header("content-type", JSON)
+            .body(deep.clone()),
+    )
+    .await;
+    assert_problem(append, StatusCode::BAD_REQUEST, "depth limit of 64").await;
+    assert_eq!(next_offset(&send(server.head("j")).await), tail);
+    assert_eq!(
+        json_body(server.read_from("j", "-1").await).await,
+        json!([{"before": 1}]),
+        "nothing stored"
+    );
+
+    let create = send(server.put("deep").header("content-type", JSON).body(deep)).await;
+    assert_problem(create, StatusCode::BAD_REQUEST, "depth limit").await;
+    assert_eq!(
+        send(server.head("deep")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// The limit bounds what a reader parses, the array a read wraps messages in
+/// included: a message one level under it is stored and read back at
+/// exactly the limit, whether it came alone or in a batch; one level deeper
+/// is refused.
+#[tokio::test]
+async fn the_depth_limit_counts_the_array_reads_wrap_messages_in() {
+    let limit = 64;
+    let server = TestServer::start().await;
+    server.create("j", JSON).await;
+    let in_batch = format!("[{}, 1]", nested_arrays(limit - 1));
+    let alone = nested_objects(limit - 1);
+    server.append("j", JSON, in_batch).await;
+    let tail = server.append("j", JSON, alone.clone()).await;
+
+    for too_deep in [
+        format!("[1, {}]", nested_arrays(limit)),
+        nested_objects(limit),
+    ] {
+        let response = send(server.post("j").header("content-type", JSON).body(too_deep)).await;
+        assert_problem(response, StatusCode::BAD_REQUEST, "depth limit").await;
+    }
+    assert_eq!(next_offset(&send(server.head("j")).await), tail);
+
+    let read = json_body(server.read_from("j", "-1").await).await;
+    let parse = |json: &str| serde_json::from_str::<Value>(json).expect("test JSON");
+    assert_eq!(
+        read,
+        Value::Array(vec![
+            parse(&nested_arrays(limit - 1)),
+            json!(1),
+            parse(&alone)
+        ])
+    );
+    assert_eq!(depth(&read), limit);
+}
+
+/// How deeply arrays and objects nest in `value`.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }

@@ -1,9 +1,10 @@
 //! Security and limits (PROTOCOL.md §12, §6 reserved prefix): path
 //! validation (traversal, empty segments, control characters, the `__ds`
 //! prefix, length and segment limits), browser security headers on every
-//! response, CORS preflight and exposed headers, request body limits (413,
-//! with and without `Content-Length`), storage limits, and problem+json
-//! error bodies naming the offending header.
+//! response (a sandboxing content security policy among them), CORS
+//! preflight and exposed headers, request body limits (413, with and
+//! without `Content-Length`), storage limits, and problem+json error bodies
+//! naming the offending header.
 
 mod common;
 
@@ -114,6 +115,54 @@ fn assert_security_headers(response: &Response, what: &str) {
         Some("cross-origin"),
         "{what}"
     );
+    assert_eq!(
+        header(response, "content-security-policy").as_deref(),
+        Some(SANDBOX),
+        "{what}"
+    );
+}
+
+/// The policy on every response: a stream URL opened in a browser runs no
+/// script, has an opaque origin and loads nothing.
+const SANDBOX: &str = "default-src 'none'; sandbox";
+
+/// A writer chooses the content type, `text/html` included: whatever reads
+/// it, a browser must neither sniff it nor run it as a page of this origin,
+/// while programmatic readers (here SSE and long-poll) still get the data.
+#[tokio::test]
+async fn writer_chosen_html_is_served_sandboxed() {
+    let server = TestServer::start_with(|c| c.server.sse_reconnect_interval_secs = 5.0).await;
+    let html = "text/html";
+    let page = "<script>fetch('/v1/stream/secret')</script>";
+    server.create("page", html).await;
+    let tail = server.append("page", html, page).await;
+
+    let read = server.read_from("page", "-1").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(header(&read, "content-type").as_deref(), Some(html));
+    assert_security_headers(&read, "catch-up read");
+    assert_eq!(common::text(read).await, page);
+
+    let sse = send(
+        server
+            .get("page")
+            .query(&[("offset", "-1"), ("live", "sse")]),
+    )
+    .await;
+    assert_security_headers(&sse, "SSE");
+    let mut events = SseReader::new(sse);
+    assert_eq!(events.expect_event().await.data(), page);
+    assert_eq!(events.expect_event().await.event, "control");
+
+    let waiting = server
+        .get("page")
+        .query(&[("offset", tail.as_str()), ("live", "long-poll")]);
+    let waiting = tokio::spawn(send(waiting));
+    server.append("page", html, "<p>more</p>").await;
+    let long_poll = waiting.await.expect("the long-poll task");
+    assert_eq!(long_poll.status(), StatusCode::OK);
+    assert_security_headers(&long_poll, "long-poll");
+    assert_eq!(common::text(long_poll).await, "<p>more</p>");
 }
 
 #[tokio::test]

@@ -144,6 +144,16 @@ pub fn app(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
         ))
+        // A writer chooses a stream's content type, `text/html` included, and
+        // a browser opening a stream URL would render it as a page of this
+        // origin. `sandbox` runs no script and gives the page an opaque
+        // origin of its own; `default-src 'none'` lets it load nothing
+        // (no images or styles that could carry data away). A policy binds
+        // only documents: `fetch` and `EventSource` readers are unaffected.
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static("default-src 'none'; sandbox"),
+        ))
         .layer(cors(cors_origins))
         .service(Routes { state, others })
 }

@@ -35,11 +35,26 @@ use time::OffsetDateTime;
 /// Content type of streams created without one (§5.1).
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
-/// Size limits enforced on stored data; `0` means unlimited.
-#[derive(Debug, Clone, Copy, Default)]
+/// Limits enforced on stored data.
+#[derive(Debug, Clone, Copy)]
 pub struct StorageLimits {
+    /// `0` means unlimited.
     pub max_stream_bytes: u64,
+    /// `0` means unlimited.
     pub max_memory_bytes: u64,
+    /// Deepest nesting of JSON as readers parse it (see [`json::frame`]);
+    /// never unlimited, since readers' parsers are not.
+    pub max_json_depth: usize,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        StorageLimits {
+            max_stream_bytes: 0,
+            max_memory_bytes: 0,
+            max_json_depth: json::DEFAULT_MAX_DEPTH,
+        }
+    }
 }
 
 /// What a `PUT` asks for.
@@ -386,7 +401,11 @@ impl Streams {
         let initial = if request.body.is_empty() {
             None
         } else if config.is_json() {
-            Some(json::frame(&request.body, JsonContext::Create)?)
+            Some(json::frame(
+                &request.body,
+                JsonContext::Create,
+                self.limits.max_json_depth,
+            )?)
         } else {
             Some(raw_message(&request.body))
         };
@@ -572,9 +591,12 @@ impl Streams {
                         expected: config.content_type.clone(),
                     })
                 }
-                Some(_) if config.is_json() => {
-                    json::frame(&request.body, JsonContext::Append).map_err(StreamError::from)
-                }
+                Some(_) if config.is_json() => json::frame(
+                    &request.body,
+                    JsonContext::Append,
+                    self.limits.max_json_depth,
+                )
+                .map_err(StreamError::from),
                 Some(_) => Ok(raw_message(&request.body)),
             })
         };
