@@ -4,6 +4,7 @@
 //! * [`accept`] — what an accepted connection gets before HTTP;
 //! * [`problem`] — RFC 9457 `application/problem+json` refusals;
 //! * [`cors`] — the CORS policy (origins from configuration);
+//! * [`security`] — the browser security headers on every response;
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
 //! * [`settings`] — checks shared by both configurations;
 //! * [`stream_path`] — what names a stream: URL paths and fork sources,
@@ -13,6 +14,7 @@
 pub mod accept;
 pub mod cors;
 pub mod problem;
+pub mod security;
 pub mod settings;
 pub mod shutdown;
 pub mod stream_path;

@@ -43,6 +43,11 @@ pub const UNLISTENED_TTL: Duration = Duration::from_secs(1);
 /// Most verified tokens remembered; past this the memo starts over.
 const VERIFIED_CAPACITY: usize = 100_000;
 
+/// The longest a token query may take: a database that stops answering
+/// without closing the connection (a silent partition) is answered with
+/// 503, not waited for.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often a lookup is repeated when notifications keep landing while it
 /// reads, before it gives up with 503.
 const LOOKUP_ATTEMPTS: usize = 3;
@@ -229,10 +234,17 @@ impl Authenticator {
         }
         for _ in 0..LOOKUP_ATTEMPTS {
             let generation = self.generation.load(Ordering::SeqCst);
-            let row = self.store.find(id).await.map_err(|e| {
-                tracing::warn!("token lookup failed: {e}");
-                GatewayError::AuthUnavailable
-            })?;
+            let row = match tokio::time::timeout(QUERY_TIMEOUT, self.store.find(id)).await {
+                Ok(Ok(row)) => row,
+                Ok(Err(e)) => {
+                    tracing::warn!("token lookup failed: {e}");
+                    return Err(GatewayError::AuthUnavailable);
+                }
+                Err(_) => {
+                    tracing::warn!("token lookup timed out after {QUERY_TIMEOUT:?}");
+                    return Err(GatewayError::AuthUnavailable);
+                }
+            };
             let Some(row) = row else {
                 return Err(GatewayError::InvalidToken("unknown token"));
             };
@@ -298,11 +310,15 @@ impl Authenticator {
         if ids.is_empty() {
             return;
         }
-        let rows = match self.store.find_many(&ids).await {
-            Ok(rows) => rows,
-            Err(e) => {
+        let rows = match tokio::time::timeout(QUERY_TIMEOUT, self.store.find_many(&ids)).await {
+            Ok(Ok(rows)) => rows,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {QUERY_TIMEOUT:?}"),
+                };
                 tracing::warn!(
-                    "cannot re-check {} tokens with open requests; ending those requests: {e}",
+                    "cannot re-check {} tokens with open requests; ending those requests: {why}",
                     ids.len()
                 );
                 for id in &ids {

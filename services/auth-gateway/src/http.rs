@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, StatusCode, request::Parts};
 use service_common::cors::BrowserCorsLayer;
 use service_common::stream_path;
@@ -30,7 +30,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Service, ServiceBuilder};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 /// Everything a request handler needs, shared by all of them.
@@ -108,10 +107,7 @@ impl App {
                     tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
                 }),
             )
-            .layer(SetResponseHeaderLayer::if_not_present(
-                HeaderName::from_static("x-content-type-options"),
-                HeaderValue::from_static("nosniff"),
-            ))
+            .map_response(service_common::security::add)
             .layer(self.cors.clone())
             .service(routes)
     }
@@ -174,10 +170,12 @@ fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
 }
 
 /// Ready when Postgres and stream-server both answered the latest probe
-/// (probed in the background, so requests here cost no database or
-/// upstream round trip whatever their rate).
+/// (see [`Readiness`]).
 async fn readyz(State(gateway): State<SharedGateway>) -> Response {
-    let probe = gateway.readiness.latest();
+    let probe = gateway
+        .readiness
+        .check(gateway.authenticator.store(), &gateway.upstream)
+        .await;
     let body = serde_json::json!({
         "postgres": if probe.postgres { "ok" } else { "unreachable" },
         "upstream": if probe.upstream { "ok" } else { "unreachable" },

@@ -13,7 +13,7 @@
 //! * [`authenticator`] — token → grant, cached, revoked by `LISTEN/NOTIFY`.
 //! * [`rate_limit`] — per-token token buckets.
 //! * [`revocation`] — proxied bodies that stop when their token's grant ends.
-//! * [`readiness`] — `/readyz`, probed in the background.
+//! * [`readiness`] — `/readyz` from a cached probe.
 //! * [`proxy`] — the streaming reverse proxy to stream-server.
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.

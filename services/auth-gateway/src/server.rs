@@ -104,17 +104,6 @@ pub async fn serve(
         })
     };
 
-    let prober = {
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let gateway = &gateway;
-            gateway
-                .readiness
-                .keep_probing(gateway.authenticator.store(), &gateway.upstream)
-                .await;
-        })
-    };
-
     let local = listener.local_addr()?;
     tracing::info!(
         upstream = gateway.upstream.origin(),
@@ -143,7 +132,6 @@ pub async fn serve(
     }
     listener_task.abort();
     housekeeping.abort();
-    prober.abort();
     gateway.authenticator.maintain().await;
     Ok(())
 }

@@ -124,6 +124,8 @@ pub struct Inspection {
     /// Set when a `/v1/stream/hang/*` request, which never gets an answer,
     /// was abandoned.
     pub hang_dropped: AtomicBool,
+    /// How many health checks reached it.
+    pub health_checks: AtomicU64,
 }
 
 /// Sets a flag when dropped.
@@ -149,8 +151,15 @@ pub async fn inspecting_upstream() -> (Running, Arc<Inspection>) {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let seen = inspection.clone();
     let origin = base.clone();
+    let counted = inspection.clone();
     let app = axum::Router::new()
-        .route("/healthz", any(|| async { "ok" }))
+        .route(
+            "/healthz",
+            any(move || {
+                counted.health_checks.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
         .route(
             "/v1/stream/{*path}",
             any(move |request: Request| {

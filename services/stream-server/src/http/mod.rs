@@ -23,8 +23,8 @@ use axum::routing::get;
 use bytes::Bytes;
 use error::ApiError;
 use futures_util::future::Either;
+use http::Method;
 use http::Response;
-use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as HttpBody;
 use service_common::cors::BrowserCorsLayer;
 use service_common::stream_path::{PathLimits, stream_path_of};
@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 /// Request-path settings derived from [`Config`].
@@ -136,24 +135,7 @@ pub fn app(
     };
     ServiceBuilder::new()
         .layer(TraceLayer::new_for_http().make_span_with(span))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("cross-origin-resource-policy"),
-            HeaderValue::from_static("cross-origin"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
-        // A writer chooses a stream's content type, `text/html` included, and
-        // a browser opening a stream URL would render it as a page of this
-        // origin. `sandbox` runs no script and gives the page an opaque
-        // origin of its own; `default-src 'none'` lets it load nothing
-        // (no images or styles that could carry data away). A policy binds
-        // only documents: `fetch` and `EventSource` readers are unaffected.
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("content-security-policy"),
-            HeaderValue::from_static("default-src 'none'; sandbox"),
-        ))
+        .map_response(service_common::security::add)
         .layer(cors(cors_origins))
         .service(Routes { state, others })
 }
