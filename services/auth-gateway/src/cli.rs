@@ -6,10 +6,10 @@
 //! command has to say goes to stderr.
 
 use crate::config::{Config, ENVIRONMENT_HELP};
-use crate::issuer::{Issuer, TokenInfo, TokenRequest};
+use crate::issuer::{Authority, Issuer, TokenInfo, TokenRequest};
 use crate::pattern::StreamPattern;
 use crate::scope::Scope;
-use crate::store::TokenStore;
+use crate::store::{Reach, TokenStore};
 use crate::token::generate_ed25519_pem;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,7 +48,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Issue a token and print it (only it) on stdout.
+    /// Issue a token and print it (only it) on stdout. Unlike the admin API,
+    /// this is not limited by any other token's rights.
     Create {
         /// Who the token is for; forwarded upstream as X-Auth-Subject.
         #[arg(long)]
@@ -73,7 +74,12 @@ pub enum TokenCommand {
         json: bool,
     },
     /// Revoke a token by id; every gateway refuses it within a second.
-    Revoke { id: String },
+    Revoke {
+        id: String,
+        /// Also revoke every token it issued, directly or through others.
+        #[arg(long)]
+        cascade: bool,
+    },
 }
 
 /// A command that failed; the message is for the operator.
@@ -129,13 +135,16 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), CommandError
                 audience: &config.jwt.audience,
             };
             let issued = issuer
-                .issue(TokenRequest {
-                    subject,
-                    scopes,
-                    streams,
-                    ttl,
-                    description,
-                })
+                .issue(
+                    TokenRequest {
+                        subject,
+                        scopes,
+                        streams,
+                        ttl,
+                        description,
+                    },
+                    Authority::Operator,
+                )
                 .await
                 .map_err(fail)?;
             eprintln!(
@@ -149,7 +158,7 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), CommandError
         }
         TokenCommand::List { json } => {
             let tokens: Vec<TokenInfo> = store
-                .list()
+                .list(Reach::All)
                 .await
                 .map_err(fail)?
                 .into_iter()
@@ -162,14 +171,28 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), CommandError
             }
             Ok(())
         }
-        TokenCommand::Revoke { id } => {
-            if store.revoke(&id).await.map_err(fail)? {
-                eprintln!("revoked {id}");
-                Ok(())
-            } else {
-                Err(CommandError(format!(
-                    "no active token {id:?} (unknown or already revoked)"
-                )))
+        TokenCommand::Revoke { id, cascade } => {
+            let revoked = store
+                .revoke_within(Reach::All, &id, cascade)
+                .await
+                .map_err(fail)?;
+            match (revoked, cascade) {
+                (0, _) => Err(CommandError(format!(
+                    "no active token {id:?} (unknown or already revoked{})",
+                    if cascade {
+                        ", as is everything it issued"
+                    } else {
+                        ""
+                    }
+                ))),
+                (_, false) => {
+                    eprintln!("revoked {id}");
+                    Ok(())
+                }
+                (revoked, true) => {
+                    eprintln!("revoked {revoked} token(s): {id} and the tokens it issued");
+                    Ok(())
+                }
             }
         }
     }
@@ -185,8 +208,9 @@ fn table(tokens: &[TokenInfo]) -> String {
         "STATUS",
         "EXPIRES",
         "LAST USED",
+        "ISSUED BY",
     ];
-    let rows: Vec<[String; 7]> = tokens
+    let rows: Vec<[String; 8]> = tokens
         .iter()
         .map(|t| {
             [
@@ -197,6 +221,8 @@ fn table(tokens: &[TokenInfo]) -> String {
                 t.status.to_owned(),
                 date(t.expires_at),
                 t.last_used_at.map_or_else(|| "never".into(), date),
+                // No issuer: made with the CLI.
+                t.issued_by.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -280,6 +306,14 @@ mod tests {
             ])
             .is_err()
         );
+        let cli = Cli::try_parse_from(["auth-gateway", "token", "revoke", "t1", "--cascade"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Token {
+                action: TokenCommand::Revoke { cascade: true, .. }
+            })
+        ));
     }
 
     #[test]
@@ -295,13 +329,21 @@ mod tests {
             expires_at: now,
             revoked_at: None,
             last_used_at: None,
+            issued_by: None,
             status: "active",
         };
-        let text = table(&[info]);
+        let child = TokenInfo {
+            id: "77aa".into(),
+            issued_by: Some("0b6f".into()),
+            ..info.clone()
+        };
+        let text = table(&[info, child]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ID"));
         assert!(lines[1].contains("read,write") && lines[1].contains("never"));
         assert_eq!(lines[0].find("SUBJECT"), lines[1].find("alice"));
+        assert!(lines[1].ends_with('-'), "no issuer: {:?}", lines[1]);
+        assert_eq!(lines[0].find("ISSUED BY"), lines[2].rfind("0b6f"));
     }
 }

@@ -30,6 +30,9 @@ pub enum GatewayError {
     /// 403: the token is valid but lacks the scope on this stream.
     #[error("token lacks the {scope} scope on {target}")]
     InsufficientScope { scope: Scope, target: String },
+    /// 403: an admin token asked for a token with more rights than its own.
+    #[error("the new token would exceed the rights of the token issuing it")]
+    ExceedsIssuer,
     /// 429: the token's request budget is spent.
     #[error("too many requests for this token; retry in {}s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
@@ -66,7 +69,9 @@ impl GatewayError {
             GatewayError::InvalidRequest(_)
             | GatewayError::BadRequest(_)
             | GatewayError::Path(_) => StatusCode::BAD_REQUEST,
-            GatewayError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            GatewayError::InsufficientScope { .. } | GatewayError::ExceedsIssuer => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -1,5 +1,6 @@
 //! What one token may do: its row from Postgres, parsed once, and the
-//! checks every request runs against it (still active, scope, stream path).
+//! checks every request runs against it (still active, scope, stream path),
+//! plus the ceiling on the tokens an admin token may issue.
 //!
 //! A grant also ends: when its row changes (revoked, rights narrowed) the
 //! authenticator ends it, and requests it authorised that are still open
@@ -140,6 +141,53 @@ impl Grant {
     pub fn allows(&self, scope: Scope, path: &str) -> bool {
         self.has_scope(scope) && self.streams.iter().any(|p| p.matches(path))
     }
+
+    /// Whether this token may issue a token with these rights: no scope it
+    /// lacks, no stream outside its patterns, no later expiry. Otherwise an
+    /// admin token could hand out more than it holds, and outlive itself
+    /// through what it issued.
+    ///
+    /// Pattern containment is conservative (see [`StreamPattern::contains`]),
+    /// so an equivalent but differently spelled pattern may be refused;
+    /// nothing wider is ever let through.
+    pub fn covers(
+        &self,
+        scopes: &[Scope],
+        streams: &[StreamPattern],
+        expires_at: OffsetDateTime,
+    ) -> Result<(), Excess> {
+        if let Some(scope) = scopes.iter().find(|s| !self.has_scope(**s)) {
+            return Err(Excess::Scope(*scope));
+        }
+        if let Some(pattern) = streams
+            .iter()
+            .find(|wanted| !self.streams.iter().any(|held| held.contains(wanted)))
+        {
+            return Err(Excess::Stream(pattern.clone()));
+        }
+        if expires_at > self.expires_at {
+            return Err(Excess::Expiry {
+                requested: expires_at,
+                limit: self.expires_at,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How a token asked for would exceed the rights of the token issuing it.
+/// For the logs: the client is told only that it would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Excess {
+    #[error("the issuer lacks the {0} scope")]
+    Scope(Scope),
+    #[error("stream pattern {0} is within none of the issuer's patterns")]
+    Stream(StreamPattern),
+    #[error("expiry {requested} is after the issuer's own, {limit}")]
+    Expiry {
+        requested: OffsetDateTime,
+        limit: OffsetDateTime,
+    },
 }
 
 #[cfg(test)]
@@ -159,7 +207,12 @@ mod tests {
             expires_at: now + Duration::hours(1),
             revoked_at: None,
             last_used_at: None,
+            issued_by: None,
         }
+    }
+
+    fn patterns(texts: &[&str]) -> Vec<StreamPattern> {
+        texts.iter().map(|t| t.parse().expect("pattern")).collect()
     }
 
     #[test]
@@ -247,5 +300,45 @@ mod tests {
         assert_eq!(grant.inactive_reason(now), Some("token expired"));
         grant.revoked_at = Some(now);
         assert_eq!(grant.inactive_reason(now), Some("token revoked"));
+    }
+
+    #[test]
+    fn issued_rights_must_fit_within_the_issuer() {
+        let issuer = Grant::from_row(row(&["admin", "read", "write"], &["x/**", "inbox/*"]));
+        let within = issuer.expires_at - Duration::minutes(1);
+        let ok =
+            |scopes: &[Scope], streams: &[&str]| issuer.covers(scopes, &patterns(streams), within);
+        assert_eq!(ok(&[Scope::Read], &["x/a/**"]), Ok(()));
+        assert_eq!(
+            ok(&[Scope::Read, Scope::Write], &["x/*", "inbox/bob"]),
+            Ok(())
+        );
+        assert_eq!(ok(&[Scope::Admin], &[]), Ok(()), "an admin-only token");
+        assert_eq!(ok(&[Scope::Read], &["x"]), Ok(()), "x/** covers x itself");
+        assert_eq!(
+            ok(&[Scope::Read, Scope::Delete], &["x/a"]),
+            Err(Excess::Scope(Scope::Delete))
+        );
+        assert_eq!(
+            ok(&[Scope::Read], &["x/a", "**"]),
+            Err(Excess::Stream(patterns(&["**"])[0].clone()))
+        );
+        assert_eq!(
+            ok(&[Scope::Read], &["inbox/**"]),
+            Err(Excess::Stream(patterns(&["inbox/**"])[0].clone())),
+            "inbox/* holds one level only"
+        );
+        assert_eq!(
+            issuer.covers(&[Scope::Read], &patterns(&["x/a"]), issuer.expires_at),
+            Ok(())
+        );
+        let later = issuer.expires_at + Duration::seconds(1);
+        assert_eq!(
+            issuer.covers(&[Scope::Read], &patterns(&["x/a"]), later),
+            Err(Excess::Expiry {
+                requested: later,
+                limit: issuer.expires_at
+            })
+        );
     }
 }

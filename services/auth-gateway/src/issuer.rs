@@ -1,7 +1,12 @@
 //! Issuing tokens, for the CLI and the admin API alike: the row is written
 //! first, then a JWT naming it (`jti`) is signed and handed out once. Only
 //! the row is kept; the token itself is never stored.
+//!
+//! The operator at the command line issues anything; an admin token issues
+//! only within its own rights ([`Grant::covers`]), and the new row records
+//! it as the issuer.
 
+use crate::grant::{Excess, Grant};
 use crate::pattern::StreamPattern;
 use crate::scope::Scope;
 use crate::store::{NewToken, StoreError, TokenRow, TokenStore};
@@ -20,6 +25,17 @@ pub struct TokenRequest {
     pub description: String,
 }
 
+/// On whose authority a token is issued.
+#[derive(Debug, Clone, Copy)]
+pub enum Authority<'a> {
+    /// The operator, through the CLI: no ceiling, since whoever runs it has
+    /// the database anyway.
+    Operator,
+    /// An admin token, through the API: the new token must fit within this
+    /// grant, and is recorded as issued by it.
+    Token(&'a Grant),
+}
+
 /// A token as it is listed: everything but the token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenInfo {
@@ -36,6 +52,9 @@ pub struct TokenInfo {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// The id of the token that issued this one through the admin API;
+    /// `null` for tokens made with the CLI.
+    pub issued_by: Option<String>,
     /// `active`, `revoked` or `expired`.
     pub status: &'static str,
 }
@@ -59,6 +78,7 @@ impl From<TokenRow> for TokenInfo {
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
             last_used_at: row.last_used_at,
+            issued_by: row.issued_by,
             status,
         }
     }
@@ -76,10 +96,25 @@ pub struct IssuedToken {
 pub enum IssueError {
     #[error("{0}")]
     Invalid(String),
+    /// The issuing token asked for more than it holds itself.
+    #[error("the new token would exceed the rights of the token issuing it: {0}")]
+    ExceedsIssuer(Excess),
+    /// The issuing token was revoked or expired while issuing.
+    #[error("the issuing token is no longer active")]
+    IssuerInactive,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("cannot sign the token: {0}")]
     Signing(String),
+}
+
+impl From<StoreError> for IssueError {
+    fn from(e: StoreError) -> IssueError {
+        match e {
+            StoreError::IssuerInactive => IssueError::IssuerInactive,
+            e => IssueError::Store(e),
+        }
+    }
 }
 
 /// Where tokens are issued: the store, the key, and the claims every token
@@ -93,7 +128,13 @@ pub struct Issuer<'a> {
 }
 
 impl Issuer<'_> {
-    pub async fn issue(&self, request: TokenRequest) -> Result<IssuedToken, IssueError> {
+    /// Checks the request, refuses it if it exceeds `authority`, then
+    /// stores and signs the token.
+    pub async fn issue(
+        &self,
+        request: TokenRequest,
+        authority: Authority<'_>,
+    ) -> Result<IssuedToken, IssueError> {
         if request.subject.trim().is_empty() {
             return Err(IssueError::Invalid("subject must not be empty".into()));
         }
@@ -112,7 +153,19 @@ impl Issuer<'_> {
         let expires_at = OffsetDateTime::now_utc()
             .checked_add(ttl)
             .filter(|t| t.year() < 10_000)
+            // Postgres keeps microseconds: the instant checked below is then
+            // the one stored.
+            .and_then(|t| t.replace_microsecond(t.microsecond()).ok())
             .ok_or_else(|| IssueError::Invalid("ttl is too long".into()))?;
+        let issued_by = match authority {
+            Authority::Operator => None,
+            Authority::Token(grant) => {
+                grant
+                    .covers(&request.scopes, &request.streams, expires_at)
+                    .map_err(IssueError::ExceedsIssuer)?;
+                Some(grant.token_id.to_string())
+            }
+        };
         let row = self
             .store
             .insert(&NewToken {
@@ -121,6 +174,7 @@ impl Issuer<'_> {
                 streams: request.streams,
                 description: request.description,
                 expires_at,
+                issued_by,
             })
             .await?;
         let claims = Claims {

@@ -8,7 +8,8 @@
 //! * [`scope`], [`pattern`] — what a method needs; which streams a token covers.
 //! * [`token`] — JWT claims, signing keys, signing and verification.
 //! * [`store`] — the token table in Postgres (migrations in `migrations/`).
-//! * [`grant`] — one token's rights, checked against each request.
+//! * [`grant`] — one token's rights, checked against each request, and the
+//!   ceiling on the tokens it may issue.
 //! * [`credentials`] — finding the bearer token in a request.
 //! * [`authenticator`] — token → grant, cached, revoked by `LISTEN/NOTIFY`.
 //! * [`rate_limit`] — per-token token buckets.

@@ -113,6 +113,7 @@ mod tests {
             expires_at: now + ttl,
             revoked_at: None,
             last_used_at: None,
+            issued_by: None,
         }))
     }
 

@@ -1,6 +1,7 @@
 //! The token table in Postgres: issuing, finding, listing and revoking
-//! token rows. Every query is parameterised, so subjects, patterns and
-//! descriptions are data, never SQL.
+//! token rows, and following which token issued which. Every query is
+//! parameterised, so subjects, patterns and descriptions are data, never
+//! SQL.
 
 use crate::pattern::StreamPattern;
 use crate::scope::Scope;
@@ -28,6 +29,9 @@ pub struct TokenRow {
     pub expires_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
     pub last_used_at: Option<OffsetDateTime>,
+    /// The id of the token that issued this one through the admin API;
+    /// `None` for tokens made with the CLI.
+    pub issued_by: Option<String>,
 }
 
 impl TokenRow {
@@ -45,15 +49,42 @@ pub struct NewToken {
     pub streams: Vec<StreamPattern>,
     pub description: String,
     pub expires_at: OffsetDateTime,
+    /// The id of the token issuing it, which must still be active; `None`
+    /// when the CLI issues it.
+    pub issued_by: Option<String>,
 }
 
-/// A database failure.
+/// Which token rows an operation may see or change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach<'a> {
+    /// Every row: the CLI, whose user has the database anyway.
+    All,
+    /// The token with this id and every token it issued, directly or
+    /// through tokens it issued: what an admin token manages.
+    SubtreeOf(&'a str),
+}
+
+impl<'a> Reach<'a> {
+    /// The subtree's root, bound as `$1` in [`SUBTREE`]; `None` (SQL NULL)
+    /// for every row.
+    fn root(self) -> Option<&'a str> {
+        match self {
+            Reach::All => None,
+            Reach::SubtreeOf(root) => Some(root),
+        }
+    }
+}
+
+/// Why the token table could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The token named as issuer is revoked, expired or gone.
+    #[error("the issuing token is no longer active")]
+    IssuerInactive,
 }
 
 /// The token table.
@@ -62,8 +93,19 @@ pub struct TokenStore {
     pool: PgPool,
 }
 
-const COLUMNS: &str =
-    "id, subject, scopes, streams, description, created_at, expires_at, revoked_at, last_used_at";
+const COLUMNS: &str = "id, subject, scopes, streams, description, created_at, expires_at, \
+                       revoked_at, last_used_at, issued_by";
+
+/// A `WITH RECURSIVE` entry naming the ids under the root bound as `$1`
+/// (the root included), or none when `$1` is NULL. `UNION` rather than
+/// `UNION ALL` stops the walk even on a cycle made by hand.
+const SUBTREE: &str = "subtree AS ( \
+        SELECT id FROM tokens WHERE id = $1 \
+        UNION \
+        SELECT t.id FROM tokens t JOIN subtree s ON t.issued_by = s.id)";
+
+/// Whether the row is within the reach bound as `$1`.
+const IN_REACH: &str = "($1::text IS NULL OR id IN (SELECT id FROM subtree))";
 
 impl TokenStore {
     /// Connects to `database_url` now, failing if Postgres is unreachable
@@ -107,21 +149,40 @@ impl TokenStore {
     }
 
     /// Stores a new token row; its id becomes the JWT's `jti`.
+    ///
+    /// A token issued by another is stored only while that one is still
+    /// active, and the issuer's row stays share-locked until the insert
+    /// commits: a concurrent revocation either waits for the new row (and
+    /// [`TokenStore::revoke_within`] then finds it) or has already revoked
+    /// the issuer, and the insert fails with [`StoreError::IssuerInactive`].
     pub async fn insert(&self, token: &NewToken) -> Result<TokenRow, StoreError> {
         let scopes: Vec<String> = token.scopes.iter().map(|s| s.as_str().to_owned()).collect();
         let streams: Vec<String> = token.streams.iter().map(ToString::to_string).collect();
-        let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "INSERT INTO tokens (subject, scopes, streams, description, expires_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-        ))
-        .bind(&token.subject)
-        .bind(&scopes)
-        .bind(&streams)
-        .bind(&token.description)
-        .bind(token.expires_at)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row)
+        let sql = match &token.issued_by {
+            None => format!(
+                "INSERT INTO tokens (subject, scopes, streams, description, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            ),
+            Some(_) => format!(
+                "INSERT INTO tokens (subject, scopes, streams, description, expires_at, issued_by) \
+                 SELECT $1, $2, $3, $4, $5, issuer.id FROM tokens AS issuer \
+                 WHERE issuer.id = $6 AND issuer.revoked_at IS NULL AND issuer.expires_at > now() \
+                 FOR SHARE \
+                 RETURNING {COLUMNS}"
+            ),
+        };
+        let query = sqlx::query_as::<_, TokenRow>(&sql)
+            .bind(&token.subject)
+            .bind(&scopes)
+            .bind(&streams)
+            .bind(&token.description)
+            .bind(token.expires_at);
+        let query = match &token.issued_by {
+            None => query,
+            Some(issuer) => query.bind(issuer),
+        };
+        let row = query.fetch_optional(&self.pool).await?;
+        row.ok_or(StoreError::IssuerInactive)
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
@@ -144,14 +205,73 @@ impl TokenStore {
         Ok(rows)
     }
 
-    /// Every token row, newest first.
-    pub async fn list(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query_as::<_, TokenRow>(&format!(
-            "SELECT {COLUMNS} FROM tokens ORDER BY created_at DESC, id"
+    /// The row with this id, if it is within `reach`.
+    pub async fn find_within(
+        &self,
+        reach: Reach<'_>,
+        id: &str,
+    ) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query_as::<_, TokenRow>(&format!(
+            "WITH RECURSIVE {SUBTREE} \
+             SELECT {COLUMNS} FROM tokens WHERE id = $2 AND {IN_REACH}"
         ))
+        .bind(reach.root())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Every token row within `reach`, newest first.
+    pub async fn list(&self, reach: Reach<'_>) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query_as::<_, TokenRow>(&format!(
+            "WITH RECURSIVE {SUBTREE} \
+             SELECT {COLUMNS} FROM tokens WHERE {IN_REACH} ORDER BY created_at DESC, id"
+        ))
+        .bind(reach.root())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+
+    /// Revokes the token `id` if it is within `reach` and, with `cascade`,
+    /// every token it issued, directly or through others (revoked ones in
+    /// between included). Returns how many active rows were revoked: 0 when
+    /// there is no such token in reach or nothing left to revoke.
+    ///
+    /// Each revoked row notifies the gateways (migration 0002's trigger).
+    pub async fn revoke_within(
+        &self,
+        reach: Reach<'_>,
+        id: &str,
+        cascade: bool,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "WITH RECURSIVE {SUBTREE}, \
+             target AS ( \
+                 SELECT id FROM tokens WHERE id = $2 AND {IN_REACH} \
+                 UNION \
+                 SELECT t.id FROM tokens t JOIN target ON t.issued_by = target.id WHERE $3) \
+             UPDATE tokens SET revoked_at = now() \
+             WHERE revoked_at IS NULL AND id IN (SELECT id FROM target)"
+        );
+        let mut revoked = 0;
+        // The statement walks the tree as its snapshot saw it: a token being
+        // issued under a node meanwhile (see `insert`) commits before that
+        // node's update goes through, unseen. Walking again until nothing
+        // is left to revoke catches it; usually the second walk finds none.
+        loop {
+            let done = sqlx::query(&sql)
+                .bind(reach.root())
+                .bind(id)
+                .bind(cascade)
+                .execute(&self.pool)
+                .await?;
+            revoked += done.rows_affected();
+            if !cascade || done.rows_affected() == 0 {
+                return Ok(revoked);
+            }
+        }
     }
 
     /// Revokes a token; `false` when there is no such token or it was

@@ -3,7 +3,7 @@
 
 mod common;
 
-use auth_gateway::issuer::{Issuer, TokenRequest};
+use auth_gateway::issuer::{Authority, Issuer, TokenRequest};
 use auth_gateway::store::TokenStore;
 use auth_gateway::token::{TokenKeys, generate_ed25519_pem};
 use common::{ScratchDb, inspecting_upstream};
@@ -79,13 +79,16 @@ async fn a_100_mb_upload_passes_with_flat_gateway_memory() {
         issuer: "durable-streams-gateway",
         audience: "durable-streams",
     }
-    .issue(TokenRequest {
-        subject: "uploader".into(),
-        scopes: vec!["write".parse().expect("scope")],
-        streams: vec!["**".parse().expect("pattern")],
-        ttl: Duration::from_secs(600),
-        description: String::new(),
-    })
+    .issue(
+        TokenRequest {
+            subject: "uploader".into(),
+            scopes: vec!["write".parse().expect("scope")],
+            streams: vec!["**".parse().expect("pattern")],
+            ttl: Duration::from_secs(600),
+            description: String::new(),
+        },
+        Authority::Operator,
+    )
     .await
     .expect("issue");
 

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use auth_gateway::config::Config;
-use auth_gateway::issuer::{Issuer, TokenRequest};
+use auth_gateway::issuer::{Authority, Issuer, TokenRequest};
 use auth_gateway::store::TokenStore;
 use auth_gateway::token::{TokenKeys, generate_ed25519_pem};
 use axum::body::Body;
@@ -358,7 +358,7 @@ impl Stack {
         panic!("the gateway never started listening for token changes");
     }
 
-    /// Issues a token the way the CLI and admin API do.
+    /// Issues a token the way the CLI does (no issuing token, no ceiling).
     pub async fn issue(&self, subject: &str, scopes: &[&str], streams: &[&str]) -> Issued {
         self.issue_for(subject, scopes, streams, Duration::from_secs(3600))
             .await
@@ -378,16 +378,19 @@ impl Stack {
             audience: &self.config.jwt.audience,
         };
         let issued = issuer
-            .issue(TokenRequest {
-                subject: subject.to_owned(),
-                scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
-                streams: streams
-                    .iter()
-                    .map(|p| p.parse().expect("pattern"))
-                    .collect(),
-                ttl,
-                description: "test".into(),
-            })
+            .issue(
+                TokenRequest {
+                    subject: subject.to_owned(),
+                    scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
+                    streams: streams
+                        .iter()
+                        .map(|p| p.parse().expect("pattern"))
+                        .collect(),
+                    ttl,
+                    description: "test".into(),
+                },
+                Authority::Operator,
+            )
             .await
             .expect("issue");
         Issued {
