@@ -15,8 +15,8 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --all-targets --quiet -- -D warnings
+step "cargo clippy (whole workspace, all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

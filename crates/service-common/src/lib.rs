@@ -11,6 +11,9 @@
 //!   resolved the same way by the gateway that authorises and the server
 //!   that acts.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod accept;
 pub mod cors;
 pub mod problem;

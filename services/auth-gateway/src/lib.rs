@@ -22,6 +22,9 @@
 //! * [`server`], [`connections`], [`telemetry`] — running it: setup, the
 //!   accept loop and drain, logs.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod authenticator;
 pub mod cli;

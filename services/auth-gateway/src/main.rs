@@ -1,6 +1,9 @@
 //! The `auth-gateway` binary: load configuration, then serve or run an
 //! administrative command.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use auth_gateway::cli::{self, Cli, Command};
 use auth_gateway::config::Config;
 use auth_gateway::{server, telemetry};

@@ -15,6 +15,9 @@
 //! * [`shutdown`] — signal handling and the token that ends live reads.
 //! * [`server`] — binding, serving (plain or TLS) and draining.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod http;
 pub mod protocol;

@@ -1,5 +1,8 @@
 //! The `stream-server` binary: load configuration, start logging, serve.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 use stream_server::config::{Cli, Config};
 use stream_server::{server, shutdown, telemetry};

@@ -21,6 +21,9 @@
 //! * [`chart`] — the SVG chart and markdown table comparing runs.
 //! * [`cli`] — the command line.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod chart;
 pub mod cli;
 pub mod client;

@@ -1,6 +1,9 @@
 //! The `ds-load` binary: parses the command line and runs it; errors are
 //! printed with their causes and end the process with status 1.
 
+// Nothing outside tests may panic on a missing value.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 use ds_load::cli::{Cli, execute};
 use std::process::ExitCode;
