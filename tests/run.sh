@@ -18,6 +18,22 @@ cargo fmt --all -- --check
 step "cargo clippy (whole workspace, all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "sqlx query data (.sqlx/) matches the migrations"
+# The gateway's queries are checked at compile time against .sqlx/ (see
+# .cargo/config.toml); here that data is checked against a database the
+# migrations build from scratch.
+if ! command -v sqlx >/dev/null; then
+  echo "installing sqlx-cli (first run only)"
+  cargo install sqlx-cli --version 0.8.6 --locked --no-default-features --features postgres,rustls --quiet
+fi
+command -v psql >/dev/null || { echo "psql (PostgreSQL client) is required" >&2; exit 1; }
+scratch="sqlx_check_$$"
+scratch_url="${DATABASE_URL%/*}/$scratch"
+psql "$DATABASE_URL" -qc "CREATE DATABASE $scratch"
+trap 'psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $scratch WITH (FORCE)" || true' EXIT
+sqlx migrate run --source migrations --database-url "$scratch_url" >/dev/null
+DATABASE_URL="$scratch_url" cargo sqlx prepare --workspace --check -- --workspace
+
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -431,12 +431,10 @@ impl Authenticator {
     /// Sends the heartbeat through the pool, in the background: a slow
     /// database must not hold up receiving.
     fn send_heartbeat(&self, channel: &str) {
-        let pool = self.store.pool().clone();
+        let store = self.store.clone();
         let channel = channel.to_owned();
         tokio::spawn(async move {
-            let beat = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&channel)
-                .execute(&pool);
+            let beat = store.notify(&channel);
             match tokio::time::timeout(HEARTBEAT_DEADLINE, beat).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!("token listener heartbeat: {e}"),

@@ -1,11 +1,15 @@
 //! The token table in Postgres: issuing, finding, listing and revoking
-//! token rows, and following which token issued which. Every query is
-//! parameterised, so subjects, patterns and descriptions are data, never
-//! SQL.
+//! token rows, and following which token issued which.
+//!
+//! Every query is a `sqlx::query!` checked at compile time against the
+//! schema that `migrations/` builds (offline, from the query data in
+//! `.sqlx/`; `tests/run.sh` checks that data is current). Every value is a
+//! bound parameter, so subjects, patterns and descriptions are data, never
+//! SQL. Columns a query cannot prove non-null (`RETURNING`, recursive
+//! queries) are marked `"name!"`; the table's constraints make them so.
 
 use crate::pattern::StreamPattern;
 use crate::scope::Scope;
-use sqlx::FromRow;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
@@ -18,7 +22,7 @@ fn pool_options() -> PgPoolOptions {
 }
 
 /// A token's row (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
     pub id: String,
     pub subject: String,
@@ -65,8 +69,8 @@ pub enum Reach<'a> {
 }
 
 impl<'a> Reach<'a> {
-    /// The subtree's root, bound as `$1` in [`SUBTREE`]; `None` (SQL NULL)
-    /// for every row.
+    /// The subtree's root, bound as `$1` in the subtree walks; `None` (SQL
+    /// NULL) for every row.
     fn root(self) -> Option<&'a str> {
         match self {
             Reach::All => None,
@@ -93,20 +97,6 @@ pub struct TokenStore {
     pool: PgPool,
 }
 
-const COLUMNS: &str = "id, subject, scopes, streams, description, created_at, expires_at, \
-                       revoked_at, last_used_at, issued_by";
-
-/// A `WITH RECURSIVE` entry naming the ids under the root bound as `$1`
-/// (the root included), or none when `$1` is NULL. `UNION` rather than
-/// `UNION ALL` stops the walk even on a cycle made by hand.
-const SUBTREE: &str = "subtree AS ( \
-        SELECT id FROM tokens WHERE id = $1 \
-        UNION \
-        SELECT t.id FROM tokens t JOIN subtree s ON t.issued_by = s.id)";
-
-/// Whether the row is within the reach bound as `$1`.
-const IN_REACH: &str = "($1::text IS NULL OR id IN (SELECT id FROM subtree))";
-
 impl TokenStore {
     /// Connects to `database_url` now, failing if Postgres is unreachable
     /// (the CLI's behaviour).
@@ -129,16 +119,29 @@ impl TokenStore {
 
     /// Whether Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sends an empty notification on `channel` (the token listener's
+    /// heartbeat).
+    pub async fn notify(&self, channel: &str) -> Result<(), StoreError> {
+        sqlx::query!("SELECT pg_notify($1, '') AS sent", channel)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Records that these tokens were used, in one statement.
     pub async fn mark_used(&self, ids: &[String]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE tokens SET last_used_at = now() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE tokens SET last_used_at = now() WHERE id = ANY($1)",
+            ids
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -158,48 +161,69 @@ impl TokenStore {
     pub async fn insert(&self, token: &NewToken) -> Result<TokenRow, StoreError> {
         let scopes: Vec<String> = token.scopes.iter().map(|s| s.as_str().to_owned()).collect();
         let streams: Vec<String> = token.streams.iter().map(ToString::to_string).collect();
-        let sql = match &token.issued_by {
-            None => format!(
-                "INSERT INTO tokens (subject, scopes, streams, description, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-            ),
-            Some(_) => format!(
-                "INSERT INTO tokens (subject, scopes, streams, description, expires_at, issued_by) \
-                 SELECT $1, $2, $3, $4, $5, issuer.id FROM tokens AS issuer \
-                 WHERE issuer.id = $6 AND issuer.revoked_at IS NULL AND issuer.expires_at > now() \
-                 FOR SHARE \
-                 RETURNING {COLUMNS}"
-            ),
+        let row = match &token.issued_by {
+            None => {
+                sqlx::query_as!(
+                    TokenRow,
+                    r#"INSERT INTO tokens (subject, scopes, streams, description, expires_at)
+                       VALUES ($1, $2, $3, $4, $5)
+                       RETURNING id, subject, scopes, streams, description, created_at,
+                                 expires_at, revoked_at, last_used_at, issued_by"#,
+                    token.subject,
+                    &scopes,
+                    &streams,
+                    token.description,
+                    token.expires_at,
+                )
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Some(issuer) => sqlx::query_as!(
+                TokenRow,
+                r#"INSERT INTO tokens (subject, scopes, streams, description, expires_at, issued_by)
+                       SELECT $1, $2, $3, $4, $5, issuer.id FROM tokens AS issuer
+                       WHERE issuer.id = $6 AND issuer.revoked_at IS NULL
+                         AND issuer.expires_at > now()
+                       FOR SHARE
+                       RETURNING id as "id!", subject as "subject!", scopes as "scopes!",
+                                 streams as "streams!", description as "description!",
+                                 created_at as "created_at!", expires_at as "expires_at!",
+                                 revoked_at, last_used_at, issued_by"#,
+                token.subject,
+                &scopes,
+                &streams,
+                token.description,
+                token.expires_at,
+                issuer,
+            )
+            .fetch_optional(&self.pool)
+            .await?,
         };
-        let query = sqlx::query_as::<_, TokenRow>(&sql)
-            .bind(&token.subject)
-            .bind(&scopes)
-            .bind(&streams)
-            .bind(&token.description)
-            .bind(token.expires_at);
-        let query = match &token.issued_by {
-            None => query,
-            Some(issuer) => query.bind(issuer),
-        };
-        let row = query.fetch_optional(&self.pool).await?;
         row.ok_or(StoreError::IssuerInactive)
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row =
-            sqlx::query_as::<_, TokenRow>(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query_as!(
+            TokenRow,
+            "SELECT id, subject, scopes, streams, description, created_at, expires_at,
+                    revoked_at, last_used_at, issued_by
+             FROM tokens WHERE id = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row)
     }
 
     /// The rows of these tokens (those that exist), in one statement.
     pub async fn find_many(&self, ids: &[String]) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query_as::<_, TokenRow>(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE id = ANY($1)"
-        ))
-        .bind(ids)
+        let rows = sqlx::query_as!(
+            TokenRow,
+            "SELECT id, subject, scopes, streams, description, created_at, expires_at,
+                    revoked_at, last_used_at, issued_by
+             FROM tokens WHERE id = ANY($1)",
+            ids
+        )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
@@ -211,12 +235,25 @@ impl TokenStore {
         reach: Reach<'_>,
         id: &str,
     ) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "WITH RECURSIVE {SUBTREE} \
-             SELECT {COLUMNS} FROM tokens WHERE id = $2 AND {IN_REACH}"
-        ))
-        .bind(reach.root())
-        .bind(id)
+        // The subtree walk is the same in every query of this kind: the
+        // ids under the root `$1` (the root included), or every row when
+        // `$1` is NULL. `UNION` rather than `UNION ALL` stops the walk even
+        // on a cycle made by hand.
+        let row = sqlx::query_as!(
+            TokenRow,
+            r#"WITH RECURSIVE subtree AS (
+                   SELECT id FROM tokens WHERE id = $1
+                   UNION
+                   SELECT t.id FROM tokens t JOIN subtree s ON t.issued_by = s.id)
+               SELECT id as "id!", subject as "subject!", scopes as "scopes!",
+                      streams as "streams!", description as "description!",
+                      created_at as "created_at!", expires_at as "expires_at!",
+                      revoked_at, last_used_at, issued_by
+               FROM tokens
+               WHERE id = $2 AND ($1::text IS NULL OR id IN (SELECT id FROM subtree))"#,
+            reach.root(),
+            id
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row)
@@ -224,11 +261,21 @@ impl TokenStore {
 
     /// Every token row within `reach`, newest first.
     pub async fn list(&self, reach: Reach<'_>) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query_as::<_, TokenRow>(&format!(
-            "WITH RECURSIVE {SUBTREE} \
-             SELECT {COLUMNS} FROM tokens WHERE {IN_REACH} ORDER BY created_at DESC, id"
-        ))
-        .bind(reach.root())
+        let rows = sqlx::query_as!(
+            TokenRow,
+            r#"WITH RECURSIVE subtree AS (
+                   SELECT id FROM tokens WHERE id = $1
+                   UNION
+                   SELECT t.id FROM tokens t JOIN subtree s ON t.issued_by = s.id)
+               SELECT id as "id!", subject as "subject!", scopes as "scopes!",
+                      streams as "streams!", description as "description!",
+                      created_at as "created_at!", expires_at as "expires_at!",
+                      revoked_at, last_used_at, issued_by
+               FROM tokens
+               WHERE $1::text IS NULL OR id IN (SELECT id FROM subtree)
+               ORDER BY created_at DESC, id"#,
+            reach.root()
+        )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
@@ -246,27 +293,30 @@ impl TokenStore {
         id: &str,
         cascade: bool,
     ) -> Result<u64, StoreError> {
-        let sql = format!(
-            "WITH RECURSIVE {SUBTREE}, \
-             target AS ( \
-                 SELECT id FROM tokens WHERE id = $2 AND {IN_REACH} \
-                 UNION \
-                 SELECT t.id FROM tokens t JOIN target ON t.issued_by = target.id WHERE $3) \
-             UPDATE tokens SET revoked_at = now() \
-             WHERE revoked_at IS NULL AND id IN (SELECT id FROM target)"
-        );
         let mut revoked = 0;
         // The statement walks the tree as its snapshot saw it: a token being
         // issued under a node meanwhile (see `insert`) commits before that
         // node's update goes through, unseen. Walking again until nothing
         // is left to revoke catches it; usually the second walk finds none.
         loop {
-            let done = sqlx::query(&sql)
-                .bind(reach.root())
-                .bind(id)
-                .bind(cascade)
-                .execute(&self.pool)
-                .await?;
+            let done = sqlx::query!(
+                "WITH RECURSIVE subtree AS (
+                     SELECT id FROM tokens WHERE id = $1
+                     UNION
+                     SELECT t.id FROM tokens t JOIN subtree s ON t.issued_by = s.id),
+                 target AS (
+                     SELECT id FROM tokens
+                     WHERE id = $2 AND ($1::text IS NULL OR id IN (SELECT id FROM subtree))
+                     UNION
+                     SELECT t.id FROM tokens t JOIN target ON t.issued_by = target.id WHERE $3)
+                 UPDATE tokens SET revoked_at = now()
+                 WHERE revoked_at IS NULL AND id IN (SELECT id FROM target)",
+                reach.root(),
+                id,
+                cascade
+            )
+            .execute(&self.pool)
+            .await?;
             revoked += done.rows_affected();
             if !cascade || done.rows_affected() == 0 {
                 return Ok(revoked);
@@ -277,10 +327,10 @@ impl TokenStore {
     /// Revokes a token; `false` when there is no such token or it was
     /// already revoked.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            id
         )
-        .bind(id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
