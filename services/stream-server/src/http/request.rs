@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Uri};
 use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
+use service_common::body::BodyTimeout;
 use std::borrow::Cow;
 
 /// The validated stream path of a request URL, relative to the base path.
@@ -108,7 +109,8 @@ pub fn read_query(uri: &Uri) -> Result<ReadQuery, ApiError> {
     })
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// Reads the whole body, refusing more than `limit` bytes with 413 and a
+/// client too slow to send it with 408.
 ///
 /// A small body arrives as one frame, which is returned as it is; larger
 /// ones are joined.
@@ -123,7 +125,10 @@ pub async fn body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<B
     let mut whole = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        let frame = frame.map_err(|e| match BodyTimeout::find(&e) {
+            Some(timeout) => ApiError::BodyTimeout(timeout.clone()),
+            None => ApiError::BodyRead(e.to_string()),
+        })?;
         // Trailers carry nothing a stream stores.
         let Ok(data) = frame.into_data() else {
             continue;
