@@ -16,14 +16,13 @@
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
 //! * [`issuer`], [`cli`] — issuing tokens; the command line.
-//! * [`server`], [`connections`], [`telemetry`] — running it: setup, the
-//!   accept loop and drain, logs.
+//! * [`server`], [`telemetry`] — running it: setup, serving (the accept
+//!   loop shared with stream-server), logs.
 
 pub mod admin;
 pub mod authenticator;
 pub mod cli;
 pub mod config;
-pub mod connections;
 pub mod credentials;
 pub mod error;
 pub mod grant;

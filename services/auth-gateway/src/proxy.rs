@@ -20,7 +20,8 @@ use http::{Uri, Version};
 use http_body_util::{LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use service_common::body::BodyTimeout;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -134,8 +135,11 @@ impl Upstream {
             config.upstream.connect_timeout_ms,
         )));
         connector.set_nodelay(true);
+        // The timer retires idle connections on time rather than at the
+        // next checkout, so stream-server never has to close one.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(config.pool_idle_timeout())
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(config.upstream.max_idle_connections)
             .build(connector);
         Ok(Upstream {
@@ -210,6 +214,9 @@ impl Upstream {
                 GatewayError::PayloadTooLarge {
                     limit: self.max_body_bytes,
                 }
+            } else if let Some(timeout) = BodyTimeout::find(&e) {
+                // The client's body failed, not stream-server.
+                GatewayError::BodyTimeout(timeout.clone())
             } else {
                 tracing::warn!("upstream request failed: {e}");
                 GatewayError::Upstream
