@@ -10,6 +10,8 @@ use crate::token::{KeyError, TokenKeys};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use service_common::limits::{ConnectionLimits, LimitError};
+use service_common::serve::Options;
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -23,9 +25,17 @@ Environment (defaults in brackets):
   GW_SERVER__PORT                     port [8080]
   GW_SERVER__PUBLIC_URL               public base URL for Location headers [from Host]
   GW_SERVER__SHUTDOWN_GRACE_SECS      wait for in-flight requests on shutdown [10]
+  GW_SERVER__HEADER_READ_TIMEOUT_SECS accept to request head, and keep-alive idle, at most [10]
+  GW_SERVER__MAX_HEADER_BYTES         larger request heads get 431, at least 8192 [32768]
+  GW_SERVER__BODY_IDLE_TIMEOUT_SECS   a request body silent this long gets 408 [20]
+  GW_SERVER__BODY_TIMEOUT_SECS        time any request body gets before 408 ... [30]
+  GW_SERVER__BODY_MIN_RATE_BYTES      ... plus a second per this many bytes received [1024]
+  GW_SERVER__MAX_CONNECTIONS          connections served at once; more wait 1 s, then close [8192]
   GW_UPSTREAM__URL                    stream-server to proxy to [http://127.0.0.1:4437]
   GW_UPSTREAM__CONNECT_TIMEOUT_MS     upstream connect timeout [2000]
   GW_UPSTREAM__MAX_IDLE_CONNECTIONS   pooled idle upstream connections [256]
+  GW_UPSTREAM__POOL_IDLE_TIMEOUT_SECS pooled connections closed after this long idle,
+                                      below stream-server's header read timeout [5]
   GW_JWT__ISSUER                      iss claim issued and required [durable-streams-gateway]
   GW_JWT__AUDIENCE                    aud claim issued and required [durable-streams]
   GW_JWT__ALGORITHM                   EdDSA or HS256 [EdDSA]
@@ -67,6 +77,10 @@ pub struct ServerConfig {
     /// `https://streams.example.com`; `Location` headers are rewritten to it.
     pub public_url: Option<String>,
     pub shutdown_grace_secs: f64,
+    /// Timeouts and sizes for slow or numerous clients, the same keys as
+    /// stream-server's (`header_read_timeout_secs`, `max_connections`, ...).
+    #[serde(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +89,11 @@ pub struct UpstreamConfig {
     pub url: String,
     pub connect_timeout_ms: u64,
     pub max_idle_connections: usize,
+    /// Seconds a pooled connection may sit idle before the gateway closes
+    /// it. Must stay below stream-server's `header_read_timeout_secs`,
+    /// after which the server closes idle connections itself: a request
+    /// sent on one the server is closing at that moment would fail.
+    pub pool_idle_timeout_secs: f64,
 }
 
 /// Which signature scheme tokens use.
@@ -148,6 +167,9 @@ impl Default for ServerConfig {
             port: 8080,
             public_url: None,
             shutdown_grace_secs: 10.0,
+            // Every client proxied is also a connection to stream-server
+            // (and a second descriptor here): half the server's default.
+            connections: ConnectionLimits::with_max_connections(8192),
         }
     }
 }
@@ -158,6 +180,8 @@ impl Default for UpstreamConfig {
             url: "http://127.0.0.1:4437".into(),
             connect_timeout_ms: 2000,
             max_idle_connections: 256,
+            // Half stream-server's default header-read timeout.
+            pool_idle_timeout_secs: 5.0,
         }
     }
 }
@@ -217,6 +241,12 @@ pub enum ConfigError {
     Key(#[from] KeyError),
 }
 
+impl From<LimitError> for ConfigError {
+    fn from(LimitError { key, reason }: LimitError) -> Self {
+        ConfigError::Invalid { key, reason }
+    }
+}
+
 impl Config {
     /// Layers defaults, the optional TOML file and the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -233,6 +263,16 @@ impl Config {
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).lowercase(true))
             .merge(Env::prefixed("GW_").split("__"));
+        // The connection limits are flattened into `[server]`, and serde
+        // reads flattened fields from a copy that no longer knows their key:
+        // reading them on their own first names the key in a parse error.
+        // figment appends the section after the field; it goes first.
+        figment
+            .extract_inner::<ConnectionLimits>("server")
+            .map_err(|mut e| {
+                e.path.rotate_right(1);
+                Box::new(e)
+            })?;
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -246,6 +286,11 @@ impl Config {
         positive(
             "server.shutdown_grace_secs",
             self.server.shutdown_grace_secs,
+        )?;
+        self.server.connections.validate()?;
+        positive(
+            "upstream.pool_idle_timeout_secs",
+            self.upstream.pool_idle_timeout_secs,
         )?;
         positive("auth.cache_ttl_secs", self.auth.cache_ttl_secs)?;
         positive("auth.last_used_flush_secs", self.auth.last_used_flush_secs)?;
@@ -312,6 +357,22 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.server.shutdown_grace_secs)
+    }
+
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream.pool_idle_timeout_secs)
+    }
+
+    /// How the gateway's connections are served: its limits and grace
+    /// period, plain HTTP (TLS ends in front of it).
+    pub fn serve_options(&self) -> Options {
+        Options {
+            limits: self.server.connections.clone(),
+            tls: None,
+            grace: self.shutdown_grace(),
+            // The client's connection and the upstream one it is proxied on.
+            descriptors_per_connection: 2,
+        }
     }
 
     pub fn cache_ttl(&self) -> Duration {
@@ -387,6 +448,56 @@ mod tests {
         assert_eq!(config.upstream.url, "http://127.0.0.1:4437");
         assert!(ENVIRONMENT_HELP.contains("GW_UPSTREAM__URL"));
         assert!(config.database_url().is_err(), "DATABASE_URL is required");
+        for key in [
+            "HEADER_READ_TIMEOUT_SECS",
+            "MAX_HEADER_BYTES",
+            "BODY_IDLE_TIMEOUT_SECS",
+            "BODY_TIMEOUT_SECS",
+            "BODY_MIN_RATE_BYTES",
+            "MAX_CONNECTIONS",
+        ] {
+            assert!(
+                ENVIRONMENT_HELP.contains(&format!("GW_SERVER__{key} ")),
+                "{key} is documented"
+            );
+        }
+        assert!(ENVIRONMENT_HELP.contains("GW_UPSTREAM__POOL_IDLE_TIMEOUT_SECS "));
+    }
+
+    #[test]
+    fn connection_limits_fit_stream_servers() {
+        let gateway = Config::default();
+        let server = ConnectionLimits::default();
+        assert!(
+            gateway.server.connections.max_connections <= server.max_connections,
+            "every client proxied is a connection to the server too"
+        );
+        assert!(
+            gateway.pool_idle_timeout() < server.header_read_timeout(),
+            "pooled connections are retired before the server closes them"
+        );
+    }
+
+    #[test]
+    fn connection_limits_are_checked_with_their_key() {
+        let mut config = Config::default();
+        config.server.connections.max_connections = 0;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("server.max_connections"), "{refused}");
+        let mut config = Config::default();
+        config.server.connections.header_read_timeout_secs = -2.0;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("server.header_read_timeout_secs"),
+            "{refused}"
+        );
+        let mut config = Config::default();
+        config.upstream.pool_idle_timeout_secs = 0.0;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("upstream.pool_idle_timeout_secs"),
+            "{refused}"
+        );
     }
 
     #[test]

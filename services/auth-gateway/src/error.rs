@@ -39,6 +39,10 @@ pub enum GatewayError {
     /// 413: the body is larger than the configured limit.
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// 408: the client's body stalled or trickled in too slowly
+    /// (`server.body_idle_timeout_secs`, `server.body_timeout_secs`).
+    #[error(transparent)]
+    BodyTimeout(#[from] service_common::body::BodyTimeout),
     /// 400: the request is malformed (bad admin input).
     #[error("{0}")]
     BadRequest(String),
@@ -74,6 +78,7 @@ impl GatewayError {
             }
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -19,8 +19,8 @@
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
 //! * [`issuer`], [`cli`] — issuing tokens; the command line.
-//! * [`server`], [`connections`], [`telemetry`] — running it: setup, the
-//!   accept loop and drain, logs.
+//! * [`server`], [`telemetry`] — running it: setup, serving (the accept
+//!   loop shared with stream-server), logs.
 
 // Nothing outside tests may panic on a missing value.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -29,7 +29,6 @@ pub mod admin;
 pub mod authenticator;
 pub mod cli;
 pub mod config;
-pub mod connections;
 pub mod credentials;
 pub mod error;
 pub mod grant;

@@ -23,7 +23,8 @@ use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use service_common::body::BodyTimeout;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -142,8 +143,11 @@ impl Upstream {
             config.upstream.connect_timeout_ms,
         )));
         connector.set_nodelay(true);
+        // The timer retires idle connections on time rather than at the
+        // next checkout, so stream-server never has to close one.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(config.pool_idle_timeout())
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(config.upstream.max_idle_connections)
             .build(connector);
         let public_origin = config
@@ -230,6 +234,9 @@ impl Upstream {
                 }
             } else if caused_by_grant_end(&e) {
                 GatewayError::InvalidToken("token revoked or expired")
+            } else if let Some(timeout) = BodyTimeout::find(&e) {
+                // The client's body failed, not stream-server.
+                GatewayError::BodyTimeout(timeout.clone())
             } else {
                 tracing::warn!("upstream request failed: {e}");
                 GatewayError::Upstream

@@ -1,15 +1,17 @@
 //! Running the gateway: load keys, connect (lazily) to Postgres, apply
 //! migrations, start the revocation listener and housekeeping, then serve
 //! until shutdown, giving open connections a bounded grace period.
+//! Connections are accepted, bounded and drained by
+//! [`service_common::serve`], as stream-server's are.
 
 use crate::authenticator::Authenticator;
 use crate::config::{Config, ConfigError};
-use crate::connections;
 use crate::http::{App, Gateway, SharedGateway};
-use crate::proxy::Upstream;
+use crate::proxy::{ClientIp, Upstream};
 use crate::rate_limit::RateLimiter;
 use crate::readiness::Readiness;
 use crate::store::{StoreError, TokenStore};
+use service_common::serve::Options;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,7 +88,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let grace = config.shutdown_grace();
+    let options = config.serve_options();
     let flush_every = config.last_used_flush_interval();
     let gateway = gateway(config)?;
     migrate_when_reachable(gateway.authenticator.store()).await?;
@@ -109,29 +111,27 @@ pub async fn serve(
         upstream = gateway.upstream.origin(),
         "auth-gateway listening on http://{local}"
     );
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = options.grace;
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down; waiting up to {grace:?} for open requests");
-        let _ = started_tx.send(());
     };
-    let server = connections::serve(listener, App::new(gateway.clone()), signal);
-    // Live reads (SSE, long-poll) may never finish on their own.
-    let grace_over = async move {
-        if started_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = server => {}
-        () = grace_over => {
-            tracing::warn!("grace period over; closing the remaining connections");
-        }
-    }
+    serve_app(App::new(gateway.clone()), listener, options, signal).await;
     listener_task.abort();
     housekeeping.abort();
     gateway.authenticator.maintain().await;
     Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains
+/// connections for the grace period of `options`. Each connection's
+/// service knows the client's address, for `X-Forwarded-For`.
+pub async fn serve_app(
+    app: App,
+    listener: TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) {
+    let for_client = |peer: SocketAddr| app.for_client(Some(ClientIp::new(peer.ip())));
+    service_common::serve::serve(listener, options, for_client, shutdown).await;
 }

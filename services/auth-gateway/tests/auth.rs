@@ -410,9 +410,10 @@ async fn unreachable_postgres_fails_closed_with_503() {
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let app = auth_gateway::http::App::new(gateway);
-    tokio::spawn(auth_gateway::connections::serve(
-        listener,
+    tokio::spawn(auth_gateway::server::serve_app(
         app,
+        listener,
+        config.serve_options(),
         std::future::pending(),
     ));
 

@@ -10,6 +10,7 @@ use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use service_common::limits::{ConnectionLimits, LimitError};
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -36,6 +37,12 @@ Environment (defaults in brackets):
   DS_SERVER__LONG_POLL_TIMEOUT_SECS        long-poll wait before 204, fractions allowed [30]
   DS_SERVER__SSE_RECONNECT_INTERVAL_SECS   SSE connections end after this long [60]
   DS_SERVER__SHUTDOWN_GRACE_SECS           wait for in-flight requests on shutdown [10]
+  DS_SERVER__HEADER_READ_TIMEOUT_SECS      accept to request head, and keep-alive idle, at most [10]
+  DS_SERVER__MAX_HEADER_BYTES              larger request heads get 431, at least 8192 [32768]
+  DS_SERVER__BODY_IDLE_TIMEOUT_SECS        a request body silent this long gets 408 [20]
+  DS_SERVER__BODY_TIMEOUT_SECS             time any request body gets before 408 ... [30]
+  DS_SERVER__BODY_MIN_RATE_BYTES           ... plus a second per this many bytes received [1024]
+  DS_SERVER__MAX_CONNECTIONS               connections served at once; more wait 1 s, then close [16384]
   DS_HTTP__CORS_ORIGINS                    comma-separated allowed origins, or * [*]
   DS_HTTP__STREAM_BASE_PATH                URL prefix of streams [/v1/stream]
   DS_HTTP__MAX_READ_BYTES                  largest catch-up response body [1048576]
@@ -73,6 +80,10 @@ pub struct ServerConfig {
     pub long_poll_timeout_secs: f64,
     pub sse_reconnect_interval_secs: f64,
     pub shutdown_grace_secs: f64,
+    /// Timeouts and sizes for slow or numerous clients, the same keys as
+    /// the gateway's (`header_read_timeout_secs`, `max_connections`, ...).
+    #[serde(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +94,7 @@ impl Default for ServerConfig {
             long_poll_timeout_secs: 30.0,
             sse_reconnect_interval_secs: 60.0,
             shutdown_grace_secs: 10.0,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -173,6 +185,12 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+impl From<LimitError> for ConfigError {
+    fn from(LimitError { key, reason }: LimitError) -> Self {
+        ConfigError::Invalid { key, reason }
+    }
+}
+
 impl Config {
     /// Layers defaults, the optional TOML file and the `DS_*` environment.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -187,6 +205,16 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("DS_").split("__"));
+        // The connection limits are flattened into `[server]`, and serde
+        // reads flattened fields from a copy that no longer knows their key:
+        // reading them on their own first names the key in a parse error.
+        // figment appends the section after the field; it goes first.
+        figment
+            .extract_inner::<ConnectionLimits>("server")
+            .map_err(|mut e| {
+                e.path.rotate_right(1);
+                Box::new(e)
+            })?;
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -209,6 +237,7 @@ impl Config {
             "server.shutdown_grace_secs",
             self.server.shutdown_grace_secs,
         )?;
+        self.server.connections.validate()?;
         let base = &self.http.stream_base_path;
         if !base.starts_with('/') || base.ends_with('/') {
             return Err(ConfigError::Invalid {
@@ -298,6 +327,58 @@ mod tests {
         let loaded = Config::load(Some(&path));
         let _ = std::fs::remove_file(&path);
         loaded
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_the_server_section_and_checked() {
+        let config = load_toml(
+            "limits",
+            "[server]\nport = 1\nheader_read_timeout_secs = 2.5\nmax_connections = 7\n",
+        )
+        .expect("load");
+        assert_eq!(config.server.port, 1);
+        assert_eq!(config.server.connections.header_read_timeout_secs, 2.5);
+        assert_eq!(config.server.connections.max_connections, 7);
+        assert_eq!(
+            config.server.connections.max_header_bytes,
+            service_common::limits::ConnectionLimits::default().max_header_bytes,
+            "unset keys keep their defaults"
+        );
+        for (name, line, key) in [
+            ("no-conns", "max_connections = 0", "server.max_connections"),
+            (
+                "neg-body",
+                "body_timeout_secs = -1",
+                "server.body_timeout_secs",
+            ),
+            (
+                "tiny-head",
+                "max_header_bytes = 100",
+                "server.max_header_bytes",
+            ),
+        ] {
+            let refused = load_toml(name, &format!("[server]\n{line}\n")).expect_err(line);
+            assert!(refused.to_string().contains(key), "{refused}");
+        }
+        let unparsable =
+            load_toml("nan-conns", "[server]\nmax_connections = \"x\"\n").expect_err("parse");
+        assert!(
+            unparsable.to_string().contains("server.max_connections"),
+            "{unparsable}"
+        );
+        for key in [
+            "HEADER_READ_TIMEOUT_SECS",
+            "MAX_HEADER_BYTES",
+            "BODY_IDLE_TIMEOUT_SECS",
+            "BODY_TIMEOUT_SECS",
+            "BODY_MIN_RATE_BYTES",
+            "MAX_CONNECTIONS",
+        ] {
+            assert!(
+                super::ENVIRONMENT_HELP.contains(&format!("DS_SERVER__{key} ")),
+                "{key} is documented"
+            );
+        }
     }
 
     #[test]

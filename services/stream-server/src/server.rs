@@ -1,10 +1,9 @@
 //! Running the server: state, background expiry sweeps, the listener (plain
-//! or TLS), and graceful shutdown.
+//! or TLS), and graceful shutdown. Connections are accepted, bounded and
+//! drained by [`service_common::serve`], as the gateway's are.
 //!
-//! * [`connections`] — accepting, serving and draining connections.
 //! * [`tls`] — loading the certificate and key.
 
-mod connections;
 pub mod tls;
 
 use crate::config::Config;
@@ -12,6 +11,7 @@ use crate::http::{AppState, Settings, Shared, app};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
+use service_common::serve::{BoundedRequest, Options};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -101,14 +101,18 @@ pub async fn serve(
         tracing::info!("shutting down: ending live reads, draining requests");
         token.cancel();
     };
-    // The connection hands over hyper's body type; the routes read axum's.
+    // The connection hands over its own body type; the routes read axum's.
     let service = tower::ServiceBuilder::new()
-        .map_request(|request: http::Request<hyper::body::Incoming>| {
-            request.map(axum::body::Body::new)
-        })
+        .map_request(|request: BoundedRequest| request.map(axum::body::Body::new))
         .service(router);
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    connections::serve(listener, tls, service, shutdown, grace).await;
+    let options = Options {
+        limits: config.server.connections.clone(),
+        tls,
+        grace,
+        descriptors_per_connection: 1,
+    };
+    service_common::serve::serve(listener, options, |_| service.clone(), shutdown).await;
     // Requests have drained: make everything acknowledged durable.
     engine.flush()?;
     tracing::info!("server stopped");

@@ -1,5 +1,6 @@
 //! TLS: with `tls.cert_path` and `tls.key_path` set the server speaks HTTPS,
-//! offers HTTP/2 by ALPN, and still serves HTTP/1.1 clients.
+//! offers HTTP/2 by ALPN, and still serves HTTP/1.1 clients; a handshake
+//! is held to the header-read timeout.
 
 use rustls::pki_types::ServerName;
 use std::net::TcpListener;
@@ -26,6 +27,10 @@ impl Drop for TempDir {
 }
 
 async fn start_tls_server(name: &str) -> TlsServer {
+    start_tls_server_with(name, |_| {}).await
+}
+
+async fn start_tls_server_with(name: &str, configure: impl FnOnce(&mut Config)) -> TlsServer {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("generate a self-signed certificate");
@@ -39,6 +44,7 @@ async fn start_tls_server(name: &str) -> TlsServer {
     let mut config = Config::default();
     config.tls.cert_path = Some(cert_path);
     config.tls.key_path = Some(key_path);
+    configure(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("local addr");
@@ -119,4 +125,33 @@ async fn serves_http1_requests_over_tls() {
         response.contains("location: https://localhost/v1/stream/tls-check"),
         "Location must use the https scheme: {response}"
     );
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_closed_in_time() {
+    let timeout = std::time::Duration::from_secs(1);
+    let server = start_tls_server_with("stalled", |c| {
+        c.server.connections.header_read_timeout_secs = 1.0;
+    })
+    .await;
+    // A working handshake first, so the server is known to be up.
+    drop(server.connect(&[b"http/1.1"]).await);
+    for partial in [
+        &b""[..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+    ] {
+        let started = std::time::Instant::now();
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        // Nothing, or the start of a ClientHello that never ends.
+        tcp.write_all(partial).await.expect("send");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(timeout * 3, tcp.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the stalled handshake is still open after {:?}",
+            timeout * 3
+        );
+        let lived = started.elapsed();
+        assert!(lived >= timeout * 9 / 10, "closed early: {lived:?}");
+    }
 }

@@ -96,9 +96,18 @@ impl Running {
 
 /// stream-server (memory mode) in-process.
 pub async fn stream_server() -> Running {
+    stream_server_with(|_| {}).await
+}
+
+/// stream-server (memory mode) in-process, its configuration adjusted by
+/// `configure` first.
+pub async fn stream_server_with(
+    configure: impl FnOnce(&mut stream_server::config::Config),
+) -> Running {
     let mut config = stream_server::config::Config::default();
     config.server.long_poll_timeout_secs = 2.0;
     config.server.shutdown_grace_secs = 1.0;
+    configure(&mut config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
     let base = format!("http://{}", listener.local_addr().expect("addr"));

@@ -33,6 +33,10 @@ pub enum ApiError {
     /// 400: the body could not be read to the end.
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    /// 408: the body stalled or trickled in too slowly
+    /// (`server.body_idle_timeout_secs`, `server.body_timeout_secs`).
+    #[error(transparent)]
+    BodyTimeout(#[from] service_common::body::BodyTimeout),
     /// 405: the stream URL does not support this method.
     #[error("method not allowed on a stream")]
     MethodNotAllowed,
@@ -50,6 +54,7 @@ impl ApiError {
             | ApiError::Path(_)
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
         }

@@ -9,6 +9,7 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Uri};
 use http_body_util::BodyExt;
+use service_common::body::BodyTimeout;
 use service_common::stream_path;
 use std::borrow::Cow;
 
@@ -95,7 +96,8 @@ pub fn read_query(uri: &Uri) -> Result<ReadQuery, ApiError> {
     })
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// Reads the whole body, refusing more than `limit` bytes with 413 and a
+/// client too slow to send it with 408.
 ///
 /// A small body arrives as one frame, which is returned as it is; larger
 /// ones are joined.
@@ -110,7 +112,10 @@ pub async fn body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<B
     let mut whole = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        let frame = frame.map_err(|e| match BodyTimeout::find(&e) {
+            Some(timeout) => ApiError::BodyTimeout(timeout.clone()),
+            None => ApiError::BodyRead(e.to_string()),
+        })?;
         // Trailers carry nothing a stream stores.
         let Ok(data) = frame.into_data() else {
             continue;
