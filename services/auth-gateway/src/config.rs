@@ -34,6 +34,7 @@ Environment (defaults in brackets):
   GW_UPSTREAM__URL                    stream-server to proxy to [http://127.0.0.1:4437]
   GW_UPSTREAM__CONNECT_TIMEOUT_MS     upstream connect timeout [2000]
   GW_UPSTREAM__MAX_IDLE_CONNECTIONS   pooled idle upstream connections [256]
+  GW_UPSTREAM__POOL_IDLE_TIMEOUT_SECS pooled upstream connections idle this long close [5]
   GW_UPSTREAM__POOL_IDLE_TIMEOUT_SECS pooled connections closed after this long idle,
                                       below stream-server's header read timeout [5]
   GW_JWT__ISSUER                      iss claim issued and required [durable-streams-gateway]
