@@ -4,7 +4,7 @@
 
 use super::error::StreamError;
 use super::stream::Stream;
-use crate::protocol::offset::Offset;
+use crate::protocol::offset::{Offset, ReadFrom};
 use crate::storage::{LogSlice, StorageError};
 use std::sync::Arc;
 
@@ -25,6 +25,16 @@ impl ReadResult {
 }
 
 impl Stream {
+    /// Resolves a read's `offset` parameter to a concrete position: the
+    /// start, the visible tail (`now`), or the offset given.
+    pub fn start_of(&self, from: ReadFrom) -> Offset {
+        match from {
+            ReadFrom::Start => Offset::ZERO,
+            ReadFrom::Now => self.visible().next,
+            ReadFrom::At(offset) => offset,
+        }
+    }
+
     /// Whether `offset` names a visible message boundary of this stream,
     /// inherited data and the tail included.
     pub fn has_boundary(&self, offset: Offset) -> Result<bool, StorageError> {
