@@ -309,13 +309,13 @@ pub fn open(
     Ok(match mode {
         StorageMode::Memory => Arc::new(memory::MemoryEngine),
         StorageMode::FileFast => Arc::new(
-            file::FileEngine::open(data_dir, file::Sync::Interval(tuning.sync_interval))?
+            file::FileEngine::open(data_dir, file::SyncPolicy::Interval(tuning.sync_interval))?
                 .with_tail_cache(tuning.tail_cache_bytes),
         ),
         StorageMode::FileDurable => Arc::new(
             file::FileEngine::open(
                 data_dir,
-                file::Sync::Journal {
+                file::SyncPolicy::Journal {
                     capacity: tuning.journal_bytes,
                 },
             )?

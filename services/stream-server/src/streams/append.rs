@@ -1,6 +1,7 @@
 //! `POST`: appending to a stream and closing it (§5.2, §5.3), with
 //! idempotent producers (§5.2.1) and `Stream-Seq` ordering.
 
+use super::stream::closing_producer;
 use super::{Stream, StreamError, Streams, log_bytes, raw_message};
 use crate::protocol::headers::{ProducerHeaders, has_media_type};
 use crate::protocol::json::{self, JsonContext};
@@ -195,7 +196,7 @@ impl Streams {
         }
         if request.close {
             state.closed = true;
-            state.closed_by = closed_by;
+            state.closed_by = closed_by.map(closing_producer);
         }
         let outcome = AppendOutcome {
             next: state.log.tail(),

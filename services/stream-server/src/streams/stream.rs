@@ -4,9 +4,10 @@
 
 use super::error::StreamError;
 pub use super::read::ReadResult;
+use crate::protocol::headers::ProducerHeaders;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
-use crate::storage::StreamLog;
+use crate::storage::{ClosedBy, StreamLog};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -54,16 +55,13 @@ impl StreamConfig {
     }
 }
 
-/// The `(producer id, epoch, seq)` of a request.
-pub type ProducerTuple = (String, u64, u64);
-
 /// Protocol state that changes with appends; guarded by [`Stream::state`].
 #[derive(Debug)]
 pub struct StreamState {
     pub log: Arc<dyn StreamLog>,
     pub closed: bool,
     /// The producer request that closed the stream, to recognise its retry.
-    pub closed_by: Option<ProducerTuple>,
+    pub closed_by: Option<ProducerHeaders>,
     pub producers: HashMap<String, ProducerState>,
     /// The last `Stream-Seq` accepted (scoped per stream).
     pub last_seq: Option<String>,
@@ -95,6 +93,11 @@ impl StreamState {
             failed: false,
         }
     }
+}
+
+/// The producer request storage remembers as having closed a stream.
+pub(super) fn closing_producer((id, epoch, seq): ClosedBy) -> ProducerHeaders {
+    ProducerHeaders { id, epoch, seq }
 }
 
 /// What readers may see: the durable tail and whether the stream has

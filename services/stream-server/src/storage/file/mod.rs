@@ -69,14 +69,14 @@ fn io(e: impl std::fmt::Display) -> StorageError {
 
 /// How appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncPolicy {
     /// Synced in a shared journal of `capacity` bytes before acknowledging.
     Journal { capacity: u64 },
     /// `fdatasync` in the background at this interval.
     Interval(Duration),
 }
 
-/// The smallest journal `Sync::Journal` accepts.
+/// The smallest journal `SyncPolicy::Journal` accepts.
 pub const MIN_JOURNAL_BYTES: u64 = journal::MIN_CAPACITY;
 
 /// A stream's `meta.json`.
@@ -99,7 +99,7 @@ pub struct FileEngine {
 
 impl FileEngine {
     /// Opens (or initialises) `data_dir`, refusing one of another format.
-    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, StorageError> {
+    pub fn open(data_dir: &Path, sync: SyncPolicy) -> Result<Self, StorageError> {
         fs::create_dir_all(data_dir).map_err(io)?;
         let format_path = data_dir.join(FORMAT_FILE);
         match fs::read_to_string(&format_path) {
@@ -129,8 +129,8 @@ impl FileEngine {
         // read, whichever mode opens them now.
         journal::replay(data_dir, &data_dir.join("streams"))?;
         let journal = match sync {
-            Sync::Journal { capacity } => Some(journal::Shards::start(data_dir, capacity)?),
-            Sync::Interval(_) => {
+            SyncPolicy::Journal { capacity } => Some(journal::Shards::start(data_dir, capacity)?),
+            SyncPolicy::Interval(_) => {
                 journal::remove(data_dir)?;
                 None
             }

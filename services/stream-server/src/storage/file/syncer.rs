@@ -4,7 +4,7 @@
 //! removes deleted streams; and, for `file-durable`, the handle to the
 //! journal's threads.
 
-use super::{Sync, io, journal, sync_dir};
+use super::{SyncPolicy, io, journal, sync_dir};
 use crate::storage::{Commit, StorageError};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -49,7 +49,7 @@ enum IoRequest {
 
 impl Syncer {
     pub(super) fn start(
-        sync: Sync,
+        sync: SyncPolicy,
         journal: Option<journal::Shards>,
     ) -> Result<Self, StorageError> {
         let durable = journal.is_some();
@@ -58,7 +58,7 @@ impl Syncer {
             .name("log-io".into())
             .spawn(move || io_loop(&incoming, durable))
             .map_err(io)?;
-        if let Sync::Interval(every) = sync {
+        if let SyncPolicy::Interval(every) = sync {
             let ticks = requests.clone();
             std::thread::Builder::new()
                 .name("log-sync-timer".into())
