@@ -212,7 +212,7 @@ fn log_bytes(log: &dyn crate::storage::StreamLog) -> u64 {
 }
 
 /// A persisted expiry as the registry holds it (the inverse of
-/// [`create::meta_of`]'s).
+/// `create::meta_of`'s).
 fn expiry_of(record: ExpiryRecord) -> Expiry {
     match record {
         ExpiryRecord::Never => Expiry::Never,
