@@ -5,9 +5,13 @@
 //!
 //! * [`protocol`] — the protocol's rules as plain types: offsets, headers,
 //!   producers, JSON framing, cursors, paths, SSE framing. No I/O.
-//! * [`storage`] — storage engines holding each stream's bytes.
+//! * [`storage`] — storage engines holding each stream's bytes, behind one
+//!   trait whose contracts every engine keeps: [`storage::memory`],
+//!   [`storage::file`] (`file-fast`, `file-durable`) and [`storage::redb`]
+//!   (`acid`), each a directory of modules by concern.
 //! * [`streams`] — the registry of streams and the protocol operations on
-//!   them: create, append, close, delete, read, with per-stream locking.
+//!   them, a module each: create, append (and close), read, and the
+//!   lifecycle (delete, expiry), with per-stream locking.
 //! * [`http`] — axum handlers, one module per route group, and the single
 //!   place errors become responses.
 //! * [`config`] — layered configuration (defaults, TOML, `DS_*`).

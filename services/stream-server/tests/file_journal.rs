@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
-use stream_server::storage::file::{FileEngine, MIN_JOURNAL_BYTES, Sync};
+use stream_server::storage::file::{FileEngine, MIN_JOURNAL_BYTES, SyncPolicy as Sync};
 use stream_server::storage::{Engine, ExpiryRecord, Mutation, StreamLog, StreamMeta};
 
 const DURABLE: Sync = Sync::Journal {

@@ -3,9 +3,8 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::read::{CACHEABLE, NO_STORE, data_response, etag, start_of};
 use super::request::ReadQuery;
-use super::response::{TRUE, set_next_offset};
+use super::response::{CACHEABLE, NO_STORE, TRUE, data_response, etag, set_next_offset};
 use crate::protocol::{cursor, headers};
 use crate::streams::{Stream, StreamError};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +20,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     // Subscribe before reading so an append between the two still wakes us.
     let mut changes = stream.subscribe();
-    let from = start_of(&stream, query.from);
+    let from = stream.start_of(query.from);
     let deadline = Instant::now() + state.settings.long_poll_timeout;
     let cursor = cursor::next_cursor(SystemTime::now(), query.cursor.as_deref(), &mut rand::rng());
     loop {

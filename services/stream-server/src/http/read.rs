@@ -1,25 +1,22 @@
 //! The read side: `GET` catch-up reads (§5.6) and `HEAD` metadata (§5.5).
-//! Live modes are dispatched from here to [`super::long_poll`] and
-//! [`super::sse`].
+//! Live modes are dispatched from here, and only here, to
+//! [`super::long_poll`] and [`super::sse`]; what they share with catch-up
+//! reads is in [`super::response`], so neither imports from this module.
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{Live, ReadQuery, read_query, stream_path};
-use super::response::{TRUE, pieces_body, set_content_type, set_next_offset};
+use super::response::{
+    CACHEABLE, NO_STORE, TRUE, data_response, etag, set_content_type, set_next_offset,
+};
 use super::{long_poll, sse};
 use crate::protocol::headers;
-use crate::protocol::json;
-use crate::protocol::offset::{Offset, ReadFrom};
-use crate::streams::{ReadResult, Stream};
+use crate::protocol::offset::ReadFrom;
+use crate::streams::Stream;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
-
-/// Catch-up reads may be cached by CDNs (§10.1).
-pub const CACHEABLE: HeaderValue =
-    HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300");
-pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// `GET {stream-url}?offset=..[&live=..]`.
 pub async fn get(state: AppState, request: Request) -> Result<Response, ApiError> {
@@ -43,7 +40,7 @@ async fn catch_up(
         return Ok(now_response(stream));
     }
     let read = stream
-        .read_async(start_of(stream, query.from), state.settings.max_read_bytes)
+        .read_async(stream.start_of(query.from), state.settings.max_read_bytes)
         .await?;
     let etag = etag(stream, &query.offset_text, &read);
     if request_headers
@@ -69,60 +66,6 @@ fn if_none_match(sent: &str, etag: &HeaderValue) -> bool {
     sent.split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
-}
-
-/// Resolves the `offset` parameter to a concrete position.
-pub fn start_of(stream: &Stream, from: ReadFrom) -> Offset {
-    match from {
-        ReadFrom::Start => Offset::ZERO,
-        ReadFrom::Now => stream.visible().next,
-        ReadFrom::At(offset) => offset,
-    }
-}
-
-/// `ETag: "<offset as sent>:<next offset>"`, with `:c` once the read
-/// reaches the end of a closed stream, so closure is never hidden by a 304,
-/// and led by `<recreation>:` for a stream created where one was removed,
-/// so a recreated stream's tags never match the old one's.
-pub fn etag(stream: &Stream, offset_text: &str, read: &ReadResult) -> HeaderValue {
-    let closed = if read.closed && read.up_to_date() {
-        ":c"
-    } else {
-        ""
-    };
-    let next = read.slice.next;
-    let tag = match stream.recreation {
-        0 => format!("\"{offset_text}:{next}{closed}\""),
-        recreation => format!("\"{recreation}:{offset_text}:{next}{closed}\""),
-    };
-    HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("\"\""))
-}
-
-/// A `200 OK` carrying read data and the headers describing it; shared by
-/// catch-up and long-poll reads.
-pub fn data_response(stream: &Stream, read: ReadResult, cursor: Option<u64>) -> Response {
-    let up_to_date = read.up_to_date();
-    let closed = read.closed;
-    let next = read.slice.next;
-    let body = if stream.config.is_json() {
-        json::array_body(read.slice.data)
-    } else {
-        read.slice.data
-    };
-    let mut response = pieces_body(body).into_response();
-    let out = response.headers_mut();
-    set_content_type(out, &stream.config.content_type);
-    set_next_offset(out, next);
-    if up_to_date {
-        out.insert(headers::STREAM_UP_TO_DATE, TRUE);
-        if closed {
-            out.insert(headers::STREAM_CLOSED, TRUE);
-        }
-    }
-    if let Some(cursor) = cursor {
-        out.insert(headers::STREAM_CURSOR, HeaderValue::from(cursor));
-    }
-    response
 }
 
 /// `offset=now` without `live`: no data, the tail, never cached (§8).

@@ -1,9 +1,13 @@
 //! Building blocks of successful responses: a body made of shared byte
-//! pieces, and the protocol headers several handlers set.
+//! pieces, the protocol headers several handlers set, and what catch-up and
+//! long-poll reads share: the data response, its ETag and the caching
+//! policies.
 
-use crate::protocol::headers;
 use crate::protocol::offset::Offset;
+use crate::protocol::{headers, json};
+use crate::streams::{ReadResult, Stream};
 use axum::body::Body;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Frame, SizeHint};
@@ -63,4 +67,54 @@ pub fn set_content_type(map: &mut HeaderMap, content_type: &str) {
     if let Ok(value) = HeaderValue::from_str(content_type) {
         map.insert(http::header::CONTENT_TYPE, value);
     }
+}
+
+/// Catch-up reads may be cached by CDNs (§10.1).
+pub const CACHEABLE: HeaderValue =
+    HeaderValue::from_static("public, max-age=60, stale-while-revalidate=300");
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// `ETag: "<offset as sent>:<next offset>"`, with `:c` once the read
+/// reaches the end of a closed stream, so closure is never hidden by a 304,
+/// and led by `<recreation>:` for a stream created where one was removed,
+/// so a recreated stream's tags never match the old one's.
+pub fn etag(stream: &Stream, offset_text: &str, read: &ReadResult) -> HeaderValue {
+    let closed = if read.closed && read.up_to_date() {
+        ":c"
+    } else {
+        ""
+    };
+    let next = read.slice.next;
+    let tag = match stream.recreation {
+        0 => format!("\"{offset_text}:{next}{closed}\""),
+        recreation => format!("\"{recreation}:{offset_text}:{next}{closed}\""),
+    };
+    HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// A `200 OK` carrying read data and the headers describing it; shared by
+/// catch-up and long-poll reads.
+pub fn data_response(stream: &Stream, read: ReadResult, cursor: Option<u64>) -> Response {
+    let up_to_date = read.up_to_date();
+    let closed = read.closed;
+    let next = read.slice.next;
+    let body = if stream.config.is_json() {
+        json::array_body(read.slice.data)
+    } else {
+        read.slice.data
+    };
+    let mut response = pieces_body(body).into_response();
+    let out = response.headers_mut();
+    set_content_type(out, &stream.config.content_type);
+    set_next_offset(out, next);
+    if up_to_date {
+        out.insert(headers::STREAM_UP_TO_DATE, TRUE);
+        if closed {
+            out.insert(headers::STREAM_CLOSED, TRUE);
+        }
+    }
+    if let Some(cursor) = cursor {
+        out.insert(headers::STREAM_CURSOR, HeaderValue::from(cursor));
+    }
+    response
 }

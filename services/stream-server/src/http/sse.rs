@@ -4,7 +4,6 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::read::start_of;
 use super::request::ReadQuery;
 use crate::protocol::offset::Offset;
 use crate::protocol::sse::{
@@ -31,7 +30,7 @@ pub async fn read(
     query: ReadQuery,
 ) -> Result<Response, ApiError> {
     let encoding = DataEncoding::for_media_type(&stream.config.media_type);
-    let from = start_of(&stream, query.from);
+    let from = stream.start_of(query.from);
     // Refuse a bad offset now: once the event stream starts, only the
     // connection's end could report it.
     if !stream.has_boundary_async(from).await? {

@@ -15,9 +15,15 @@
 //!
 //! * [`memory`] — nothing on disk; commits are immediate.
 //! * [`file`] — `file-fast` and `file-durable`: checksummed log files;
-//!   `file-durable` acknowledges through a shared journal.
+//!   `file-durable` acknowledges through a shared journal. Its modules:
+//!   the engine, one stream's log, the record format, the background
+//!   syncer, the journal.
 //! * [`redb`] — the `acid` mode: every change in one redb transaction with
 //!   immediate durability, concurrent requests grouped into one transaction.
+//!   Its modules: the engine, tables and formats, row layout, one stream's
+//!   log, reads, the writer thread, settling.
+//! * [`chunk`] — one stored append, and the reads the persistent engines
+//!   share.
 
 pub mod chunk;
 pub mod file;
@@ -309,13 +315,13 @@ pub fn open(
     Ok(match mode {
         StorageMode::Memory => Arc::new(memory::MemoryEngine),
         StorageMode::FileFast => Arc::new(
-            file::FileEngine::open(data_dir, file::Sync::Interval(tuning.sync_interval))?
+            file::FileEngine::open(data_dir, file::SyncPolicy::Interval(tuning.sync_interval))?
                 .with_tail_cache(tuning.tail_cache_bytes),
         ),
         StorageMode::FileDurable => Arc::new(
             file::FileEngine::open(
                 data_dir,
-                file::Sync::Journal {
+                file::SyncPolicy::Journal {
                     capacity: tuning.journal_bytes,
                 },
             )?

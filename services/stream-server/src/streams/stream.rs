@@ -1,10 +1,13 @@
 //! One stream: its fixed configuration, its mutable protocol state behind a
 //! per-stream lock, and the watch channel that wakes its live readers.
+//! Reading its data is in `streams::read`.
 
 use super::error::StreamError;
+pub use super::read::ReadResult;
+use crate::protocol::headers::ProducerHeaders;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
-use crate::storage::{LogSlice, StorageError, StreamLog};
+use crate::storage::{ClosedBy, StreamLog};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -52,16 +55,13 @@ impl StreamConfig {
     }
 }
 
-/// The `(producer id, epoch, seq)` of a request.
-pub type ProducerTuple = (String, u64, u64);
-
 /// Protocol state that changes with appends; guarded by [`Stream::state`].
 #[derive(Debug)]
 pub struct StreamState {
     pub log: Arc<dyn StreamLog>,
     pub closed: bool,
     /// The producer request that closed the stream, to recognise its retry.
-    pub closed_by: Option<ProducerTuple>,
+    pub closed_by: Option<ProducerHeaders>,
     pub producers: HashMap<String, ProducerState>,
     /// The last `Stream-Seq` accepted (scoped per stream).
     pub last_seq: Option<String>,
@@ -95,6 +95,11 @@ impl StreamState {
     }
 }
 
+/// The producer request storage remembers as having closed a stream.
+pub(super) fn closing_producer((id, epoch, seq): ClosedBy) -> ProducerHeaders {
+    ProducerHeaders { id, epoch, seq }
+}
+
 /// What readers may see: the durable tail and whether the stream has
 /// ended. Live readers watch it for changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +122,7 @@ pub struct Stream {
     /// durability"); reads never go past it.
     visible: watch::Sender<Tail>,
     /// Reads may block on disk I/O and run on the blocking pool.
-    blocking_reads: bool,
+    pub(super) blocking_reads: bool,
     /// Non-zero when a stream at this path (or one sharing its bucket) was
     /// removed earlier in this process; part of the ETag, so this stream's
     /// tags never match the earlier one's (§ "ETag": the stream id).
@@ -133,22 +138,6 @@ struct Delivery {
     from: Offset,
     next: Offset,
     framed: Bytes,
-}
-
-/// A read's answer: data ending on a message boundary, and where it ended.
-#[derive(Debug)]
-pub struct ReadResult {
-    pub slice: LogSlice,
-    /// The stream's tail when the read was made.
-    pub tail: Offset,
-    pub closed: bool,
-}
-
-impl ReadResult {
-    /// The read reached the tail: nothing more is available now.
-    pub fn up_to_date(&self) -> bool {
-        self.slice.next >= self.tail
-    }
 }
 
 impl Stream {
@@ -258,148 +247,6 @@ impl Stream {
             Expiry::Never => false,
             Expiry::Ttl(secs) => state.last_access.elapsed() >= Duration::from_secs(secs),
             Expiry::At(at) => OffsetDateTime::now_utc() >= at,
-        }
-    }
-
-    /// Whether `offset` names a visible message boundary of this stream,
-    /// inherited data and the tail included.
-    pub fn has_boundary(&self, offset: Offset) -> Result<bool, StorageError> {
-        if let Some(fork) = &self.config.fork
-            && offset.bytes < fork.point.bytes
-        {
-            return fork.source.has_boundary(offset);
-        }
-        if offset > self.visible().next {
-            return Ok(false);
-        }
-        let log = Arc::clone(&self.state.lock().log);
-        Ok(log.boundary_at(offset.bytes)? == Some(offset))
-    }
-
-    /// [`Stream::read`], on the blocking pool when reads touch the disk.
-    pub async fn read_async(
-        self: &Arc<Self>,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<ReadResult, StreamError> {
-        self.read_with(Stream::read, from, max_bytes).await
-    }
-
-    /// [`Stream::read_async`] from an offset known to be one of this
-    /// stream's boundaries (checked before, or the `next` of an earlier
-    /// read): a live reader's every wake-up skips the check.
-    pub async fn continue_read_async(
-        self: &Arc<Self>,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<ReadResult, StreamError> {
-        self.read_with(Stream::read_from_boundary, from, max_bytes)
-            .await
-    }
-
-    async fn read_with(
-        self: &Arc<Self>,
-        read: fn(&Stream, Offset, usize) -> Result<ReadResult, StreamError>,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<ReadResult, StreamError> {
-        if !self.read_blocks_from(from) {
-            return read(self, from, max_bytes);
-        }
-        self.off_runtime(move |stream| read(stream, from, max_bytes))
-            .await
-    }
-
-    /// Whether reading from `from` may wait on disk: reads at the tail of
-    /// a file-mode stream are served from memory.
-    fn read_blocks_from(&self, from: Offset) -> bool {
-        if !self.blocking_reads {
-            return false;
-        }
-        if let Some(fork) = &self.config.fork
-            && from.bytes < fork.point.bytes
-        {
-            return true;
-        }
-        self.state.lock().log.reads_block_from(from.bytes)
-    }
-
-    /// [`Stream::has_boundary`], on the blocking pool when it touches the disk.
-    pub async fn has_boundary_async(self: &Arc<Self>, offset: Offset) -> Result<bool, StreamError> {
-        self.off_runtime(move |stream| Ok(stream.has_boundary(offset)?))
-            .await
-    }
-
-    /// Runs storage work directly for memory, or on the blocking pool
-    /// when it may wait on disk I/O.
-    async fn off_runtime<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Stream) -> Result<T, StreamError> + Send + 'static,
-    ) -> Result<T, StreamError> {
-        if !self.blocking_reads {
-            return work(self);
-        }
-        let stream = Arc::clone(self);
-        tokio::task::spawn_blocking(move || work(&stream))
-            .await
-            .map_err(|e| StreamError::Storage(StorageError::Io(e.to_string())))?
-    }
-
-    /// Reads up to `max_bytes` of visible data from `from`, stitching
-    /// inherited fork data and the stream's own data into one answer.
-    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadResult, StreamError> {
-        if !self.has_boundary(from)? {
-            return Err(StreamError::OffsetNotInStream { offset: from });
-        }
-        self.read_from_boundary(from, max_bytes)
-    }
-
-    /// [`Stream::read`] without checking that `from` is a boundary.
-    fn read_from_boundary(
-        &self,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<ReadResult, StreamError> {
-        // Snapshot what is visible first: the answer never goes past it.
-        let visible = self.visible();
-        let mut slice = match &self.config.fork {
-            Some(fork) if from.bytes < fork.point.bytes => {
-                fork.source.read_until(from, fork.point.bytes, max_bytes)?
-            }
-            _ => LogSlice::empty(from),
-        };
-        let log = Arc::clone(&self.state.lock().log);
-        let budget = max_bytes.saturating_sub(slice.len());
-        if slice.next >= log.base() && (slice.is_empty() || budget > 0) {
-            slice.extend(log.read(slice.next, visible.next.bytes, budget.max(1))?);
-        }
-        Ok(ReadResult {
-            slice,
-            tail: visible.next,
-            closed: visible.closed,
-        })
-    }
-
-    /// Reads inherited data for a fork, stopping at `limit` (a byte position).
-    fn read_until(
-        &self,
-        from: Offset,
-        limit: u64,
-        max_bytes: usize,
-    ) -> Result<LogSlice, StorageError> {
-        let log = Arc::clone(&self.state.lock().log);
-        match &self.config.fork {
-            Some(fork) if from.bytes < fork.point.bytes => {
-                let mut slice =
-                    fork.source
-                        .read_until(from, fork.point.bytes.min(limit), max_bytes)?;
-                let budget = max_bytes.saturating_sub(slice.len());
-                if slice.next.bytes == fork.point.bytes && limit > fork.point.bytes && budget > 0 {
-                    slice.extend(log.read(fork.point, limit, budget)?);
-                }
-                Ok(slice)
-            }
-            _ => log.read(from, limit, max_bytes),
         }
     }
 }

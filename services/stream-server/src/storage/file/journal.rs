@@ -36,7 +36,9 @@
 //!   hold); then the logs are synced and the journal is replaced by a fresh
 //!   one, so entries from before a restart never replay again.
 
-use super::{HEADER, LOG_FILE, Records, Reply, frame_in_place, io, sync_all, sync_dir};
+use super::record::{HEADER, Records, frame_in_place};
+use super::syncer::{Reply, sync_all};
+use super::{LOG_FILE, io, sync_dir};
 use crate::storage::StorageError;
 use bytes::Bytes;
 use std::collections::HashMap;
