@@ -15,40 +15,7 @@ use std::time::Duration;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer, ResponseFuture};
 
-/// Protocol request headers a browser may send (answered in preflights).
-pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 13] = [
-    http::header::CONTENT_TYPE,
-    http::header::IF_NONE_MATCH,
-    http::header::AUTHORIZATION,
-    HeaderName::from_static("stream-seq"),
-    HeaderName::from_static("stream-ttl"),
-    HeaderName::from_static("stream-expires-at"),
-    HeaderName::from_static("stream-closed"),
-    HeaderName::from_static("stream-forked-from"),
-    HeaderName::from_static("stream-fork-offset"),
-    HeaderName::from_static("stream-fork-sub-offset"),
-    HeaderName::from_static("producer-id"),
-    HeaderName::from_static("producer-epoch"),
-    HeaderName::from_static("producer-seq"),
-];
-
-/// Protocol response headers a browser client may need to read.
-pub const PROTOCOL_RESPONSE_HEADERS: [HeaderName; 14] = [
-    HeaderName::from_static("stream-next-offset"),
-    HeaderName::from_static("stream-up-to-date"),
-    HeaderName::from_static("stream-cursor"),
-    HeaderName::from_static("stream-closed"),
-    HeaderName::from_static("stream-ttl"),
-    HeaderName::from_static("stream-expires-at"),
-    HeaderName::from_static("stream-sse-data-encoding"),
-    HeaderName::from_static("producer-epoch"),
-    HeaderName::from_static("producer-seq"),
-    HeaderName::from_static("producer-expected-seq"),
-    HeaderName::from_static("producer-received-seq"),
-    http::header::ETAG,
-    http::header::LOCATION,
-    http::header::CONTENT_TYPE,
-];
+pub use crate::headers::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
 
 /// Parses a `CORS_ORIGINS` setting: `*` (any origin, `None`) or a
 /// comma-separated list.

@@ -7,10 +7,12 @@
 //! * [`body`] — request bodies held to a pace;
 //! * [`accept`] — what an accepted connection gets before HTTP;
 //! * [`problem`] — RFC 9457 `application/problem+json` refusals;
+//! * [`headers`] — the protocol's header names;
 //! * [`cors`] — the CORS policy (origins from configuration);
 //! * [`security`] — the browser security headers on every response;
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
-//! * [`settings`] — checks shared by both configurations;
+//! * [`settings`] — loading and checking settings (defaults, TOML, env);
+//! * [`telemetry`] — logging setup;
 //! * [`stream_path`] — what names a stream: URL paths and fork sources,
 //!   resolved the same way by the gateway that authorises and the server
 //!   that acts.
@@ -21,6 +23,7 @@
 pub mod accept;
 pub mod body;
 pub mod cors;
+pub mod headers;
 pub mod limits;
 pub mod problem;
 pub mod security;
@@ -28,3 +31,4 @@ pub mod serve;
 pub mod settings;
 pub mod shutdown;
 pub mod stream_path;
+pub mod telemetry;

@@ -9,7 +9,8 @@
 //! free of empty, `.` and `..` segments, control characters and
 //! backslashes, and must not start with the reserved `__ds` segment (§6).
 
-use http::{HeaderMap, HeaderName};
+use crate::headers::STREAM_FORKED_FROM;
+use http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use std::borrow::Cow;
 
@@ -53,9 +54,6 @@ pub enum PathError {
     #[error("Stream-Forked-From is repeated")]
     RepeatedSource,
 }
-
-/// The `Stream-Forked-From` request header.
-pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
 
 /// The undecoded part of the URL path `path` after `{base}/`, when it names
 /// a stream (is not empty). `base` starts with `/` and does not end with one.

@@ -7,11 +7,10 @@
 //! parse stops startup with an error naming the key.
 
 use crate::token::{KeyError, TokenKeys};
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use service_common::limits::{ConnectionLimits, LimitError};
+use service_common::limits::ConnectionLimits;
 use service_common::serve::Options;
+pub use service_common::settings::ConfigError;
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -231,50 +230,10 @@ impl Default for HttpConfig {
     }
 }
 
-/// A configuration that cannot be used; the message names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("configuration: {key} {reason}")]
-    Invalid { key: &'static str, reason: String },
-    #[error("configuration: jwt key: {0}")]
-    Key(#[from] KeyError),
-}
-
-impl From<LimitError> for ConfigError {
-    fn from(LimitError { key, reason }: LimitError) -> Self {
-        ConfigError::Invalid { key, reason }
-    }
-}
-
 impl Config {
     /// Layers defaults, the optional TOML file and the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::Invalid {
-                    key: "--config",
-                    reason: format!("file {} does not exist", file.display()),
-                });
-            }
-            figment = figment.merge(Toml::file(file));
-        }
-        figment = figment
-            .merge(Env::raw().only(&["DATABASE_URL"]).lowercase(true))
-            .merge(Env::prefixed("GW_").split("__"));
-        // The connection limits are flattened into `[server]`, and serde
-        // reads flattened fields from a copy that no longer knows their key:
-        // reading them on their own first names the key in a parse error.
-        // figment appends the section after the field; it goes first.
-        figment
-            .extract_inner::<ConnectionLimits>("server")
-            .map_err(|mut e| {
-                e.path.rotate_right(1);
-                Box::new(e)
-            })?;
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config: Config = service_common::settings::load(file, "GW_", &["DATABASE_URL"])?;
         config.validate()?;
         Ok(config)
     }
@@ -426,12 +385,16 @@ impl JwtConfig {
             }
         };
         let keys = match self.algorithm {
-            JwtAlgorithm::EdDSA => TokenKeys::ed25519_from_pem(&material)?,
+            JwtAlgorithm::EdDSA => TokenKeys::ed25519_from_pem(&material),
             // A trailing newline from `echo secret > file` is not part of the secret.
             JwtAlgorithm::HS256 => {
-                TokenKeys::hs256(material.trim_end_matches(['\n', '\r']).as_bytes())?
+                TokenKeys::hs256(material.trim_end_matches(['\n', '\r']).as_bytes())
             }
-        };
+        }
+        .map_err(|e: KeyError| ConfigError::Invalid {
+            key: "jwt.key",
+            reason: e.to_string(),
+        })?;
         Ok(keys)
     }
 }

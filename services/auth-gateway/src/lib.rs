@@ -19,7 +19,7 @@
 //! * [`http`], [`admin`] — routes: streams, `/admin/tokens`, health checks.
 //! * [`error`] — every refusal as an HTTP response, in one place.
 //! * [`issuer`], [`cli`] — issuing tokens; the command line.
-//! * [`server`], [`telemetry`] — running it: setup, serving (the accept
+//! * [`server`] — running it: setup, serving (the accept
 //!   loop shared with stream-server), logs.
 
 // Nothing outside tests may panic on a missing value.
@@ -42,5 +42,4 @@ pub mod revocation;
 pub mod scope;
 pub mod server;
 pub mod store;
-pub mod telemetry;
 pub mod token;

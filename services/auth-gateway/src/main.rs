@@ -6,7 +6,7 @@
 
 use auth_gateway::cli::{self, Cli, Command};
 use auth_gateway::config::Config;
-use auth_gateway::{server, telemetry};
+use auth_gateway::server;
 use clap::Parser;
 use service_common::shutdown;
 use std::process::ExitCode;
@@ -19,7 +19,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    // Logs go to stderr: stdout is for command output (`TOKEN=$(...)`).
+    service_common::telemetry::init("auth_gateway=info,tower_http=info");
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

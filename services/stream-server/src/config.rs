@@ -7,10 +7,9 @@
 
 use crate::storage::{StorageMode, Tuning, file::MIN_JOURNAL_BYTES};
 use clap::Parser;
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use service_common::limits::{ConnectionLimits, LimitError};
+use service_common::limits::ConnectionLimits;
+pub use service_common::settings::ConfigError;
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -176,46 +175,10 @@ pub struct TlsConfig {
     pub key_path: Option<PathBuf>,
 }
 
-/// A configuration that cannot be used; the message names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("configuration: {key} {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
-
-impl From<LimitError> for ConfigError {
-    fn from(LimitError { key, reason }: LimitError) -> Self {
-        ConfigError::Invalid { key, reason }
-    }
-}
-
 impl Config {
     /// Layers defaults, the optional TOML file and the `DS_*` environment.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::Invalid {
-                    key: "--config",
-                    reason: format!("file {} does not exist", file.display()),
-                });
-            }
-            figment = figment.merge(Toml::file(file));
-        }
-        figment = figment.merge(Env::prefixed("DS_").split("__"));
-        // The connection limits are flattened into `[server]`, and serde
-        // reads flattened fields from a copy that no longer knows their key:
-        // reading them on their own first names the key in a parse error.
-        // figment appends the section after the field; it goes first.
-        figment
-            .extract_inner::<ConnectionLimits>("server")
-            .map_err(|mut e| {
-                e.path.rotate_right(1);
-                Box::new(e)
-            })?;
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config: Config = service_common::settings::load(file, "DS_", &[])?;
         config.validate()?;
         Ok(config)
     }

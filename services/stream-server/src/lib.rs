@@ -15,7 +15,6 @@
 //! * [`http`] — axum handlers, one module per route group, and the single
 //!   place errors become responses.
 //! * [`config`] — layered configuration (defaults, TOML, `DS_*`).
-//! * [`telemetry`] — logging setup.
 //! * [`shutdown`] — signal handling and the token that ends live reads.
 //! * [`server`] — binding, serving (plain or TLS) and draining.
 
@@ -29,4 +28,3 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod streams;
-pub mod telemetry;

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use stream_server::config::{Cli, Config};
-use stream_server::{server, shutdown, telemetry};
+use stream_server::{server, shutdown};
 
 /// Every request allocates a little across threads (buffers handed from the
 /// connection to storage and back); mimalloc's per-thread free lists make
@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    service_common::telemetry::init("stream_server=info,tower_http=info");
     opt_out_of_transparent_huge_pages();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

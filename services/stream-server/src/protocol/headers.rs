@@ -1,4 +1,5 @@
-//! Protocol header names and the parsers for their values.
+//! The parsers for protocol header values (the names themselves are shared
+//! with the gateway: `service_common::headers`).
 //!
 //! Every parser reports failures as a [`HeaderError`] naming the header, so a
 //! client sending a malformed value learns which one and why.
@@ -7,23 +8,12 @@ use http::{HeaderMap, HeaderName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
-pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
-pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
-pub const STREAM_CLOSED: HeaderName = HeaderName::from_static("stream-closed");
-pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
-pub const STREAM_TTL: HeaderName = HeaderName::from_static("stream-ttl");
-pub const STREAM_EXPIRES_AT: HeaderName = HeaderName::from_static("stream-expires-at");
-pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
-pub const STREAM_FORK_OFFSET: HeaderName = HeaderName::from_static("stream-fork-offset");
-pub const STREAM_FORK_SUB_OFFSET: HeaderName = HeaderName::from_static("stream-fork-sub-offset");
-pub const STREAM_SSE_DATA_ENCODING: HeaderName =
-    HeaderName::from_static("stream-sse-data-encoding");
-pub const PRODUCER_ID: HeaderName = HeaderName::from_static("producer-id");
-pub const PRODUCER_EPOCH: HeaderName = HeaderName::from_static("producer-epoch");
-pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
-pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
-pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
+pub use service_common::headers::{
+    PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_ID, PRODUCER_RECEIVED_SEQ, PRODUCER_SEQ,
+    STREAM_CLOSED, STREAM_CURSOR, STREAM_EXPIRES_AT, STREAM_FORK_OFFSET, STREAM_FORK_SUB_OFFSET,
+    STREAM_FORKED_FROM, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_SSE_DATA_ENCODING, STREAM_TTL,
+    STREAM_UP_TO_DATE,
+};
 
 /// Largest integer a JavaScript client can represent exactly (2^53 - 1).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
