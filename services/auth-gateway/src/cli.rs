@@ -5,12 +5,12 @@
 //! `TOKEN=$(auth-gateway token create ...)` works; everything else a
 //! command has to say goes to stderr.
 
+use crate::auth::pattern::StreamPattern;
+use crate::auth::scope::Scope;
+use crate::auth::token::generate_ed25519_pem;
 use crate::config::{Config, ENVIRONMENT_HELP};
-use crate::issuer::{Authority, Issuer, TokenInfo, TokenRequest};
-use crate::pattern::StreamPattern;
-use crate::scope::Scope;
-use crate::store::{Reach, TokenStore};
-use crate::token::generate_ed25519_pem;
+use crate::tokens::issuer::{Authority, Issuer, TokenInfo, TokenRequest};
+use crate::tokens::store::{Reach, TokenStore};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;

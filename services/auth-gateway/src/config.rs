@@ -6,7 +6,7 @@
 //! `GW_SERVER__PORT=9090` sets `port` in `[server]`. A value that does not
 //! parse stops startup with an error naming the key.
 
-use crate::token::{KeyError, TokenKeys};
+use crate::auth::token::{KeyError, TokenKeys};
 use serde::{Deserialize, Serialize};
 use service_common::limits::ConnectionLimits;
 use service_common::serve::Options;
@@ -402,7 +402,7 @@ impl JwtConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::generate_ed25519_pem;
+    use crate::auth::token::generate_ed25519_pem;
 
     #[test]
     fn defaults_are_valid_and_documented() {

@@ -5,7 +5,9 @@
 //! Authentication failures also carry RFC 6750 `WWW-Authenticate`
 //! challenges.
 
-use crate::scope::Scope;
+use crate::auth::scope::Scope;
+use crate::tokens::issuer::IssueError;
+use crate::tokens::store::StoreError;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use service_common::stream_path::PathError;
@@ -14,6 +16,9 @@ use std::time::Duration;
 /// Realm named in every bearer challenge.
 const REALM: &str = "durable-streams";
 
+/// All a client learns of why its token was refused; the reason is logged.
+const INVALID_TOKEN: &str = "the bearer token is invalid";
+
 /// Why the gateway refused or could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -21,7 +26,8 @@ pub enum GatewayError {
     #[error("a bearer token is required")]
     MissingToken,
     /// 401: credentials that do not authenticate (bad signature, expired,
-    /// revoked, unknown, malformed).
+    /// revoked, unknown, malformed). The reason is logged; the client is
+    /// told only that the token is invalid.
     #[error("invalid bearer token: {0}")]
     InvalidToken(&'static str),
     /// 400: the token was sent in more than one way (RFC 6750 §2).
@@ -58,6 +64,9 @@ pub enum GatewayError {
     /// 503: tokens cannot be checked, so nothing is let through.
     #[error("token store unavailable")]
     AuthUnavailable,
+    /// 503: the token table could not be read or written.
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
     /// 502: stream-server could not be reached or failed mid-request.
     #[error("upstream stream-server unavailable")]
     Upstream,
@@ -81,9 +90,22 @@ impl GatewayError {
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuthUnavailable | GatewayError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Upstream => StatusCode::BAD_GATEWAY,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: the message, except where it would say
+    /// more than the client should learn (why a token failed, what the
+    /// database said).
+    fn detail(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            GatewayError::InvalidToken(_) => INVALID_TOKEN.into(),
+            GatewayError::Store(_) => GatewayError::AuthUnavailable.to_string().into(),
+            other => other.to_string().into(),
         }
     }
 
@@ -91,7 +113,7 @@ impl GatewayError {
     fn challenge(&self) -> Option<String> {
         let (error, description, scope) = match self {
             GatewayError::MissingToken => ("invalid_token", "a bearer token is required", None),
-            GatewayError::InvalidToken(reason) => ("invalid_token", *reason, None),
+            GatewayError::InvalidToken(_) => ("invalid_token", INVALID_TOKEN, None),
             GatewayError::InvalidRequest(reason) => ("invalid_request", *reason, None),
             GatewayError::InsufficientScope { scope, .. } => (
                 "insufficient_scope",
@@ -115,9 +137,23 @@ fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
+impl From<IssueError> for GatewayError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::Invalid(reason) => GatewayError::BadRequest(reason),
+            IssueError::ExceedsIssuer(_) => GatewayError::ExceedsIssuer,
+            IssueError::IssuerInactive => {
+                GatewayError::InvalidToken("issuing token revoked or expired")
+            }
+            IssueError::Store(e) => GatewayError::Store(e),
+            IssueError::Signing(_) => GatewayError::Internal,
+        }
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let mut response = service_common::problem::response(self.status(), &self.to_string());
+        let mut response = service_common::problem::response(self.status(), &self.detail(), &self);
         let headers = response.headers_mut();
         if let Some(value) = self
             .challenge()
@@ -151,7 +187,16 @@ mod tests {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             header(&response, header::WWW_AUTHENTICATE),
-            r#"Bearer realm="durable-streams", error="invalid_token", error_description="token expired""#
+            r#"Bearer realm="durable-streams", error="invalid_token", error_description="the bearer token is invalid""#
+        );
+        // The reason is for the log only.
+        assert_eq!(
+            response
+                .extensions()
+                .get::<service_common::problem::Refusal>()
+                .expect("refusal")
+                .reason,
+            "invalid bearer token: token expired"
         );
         assert_eq!(
             header(&response, header::CONTENT_TYPE),

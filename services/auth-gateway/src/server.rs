@@ -4,13 +4,13 @@
 //! Connections are accepted, bounded and drained by
 //! [`service_common::serve`], as stream-server's are.
 
-use crate::authenticator::Authenticator;
+use crate::auth::authenticator::Authenticator;
+use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, ConfigError};
+use crate::http::readiness::Readiness;
 use crate::http::{App, Gateway, SharedGateway};
 use crate::proxy::{ClientIp, Upstream};
-use crate::rate_limit::RateLimiter;
-use crate::readiness::Readiness;
-use crate::store::{StoreError, TokenStore};
+use crate::tokens::store::{StoreError, TokenStore};
 use service_common::serve::Options;
 use std::future::Future;
 use std::net::SocketAddr;

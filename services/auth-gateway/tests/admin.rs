@@ -3,7 +3,7 @@
 
 mod common;
 
-use auth_gateway::store::{NewToken, Reach, TokenStore};
+use auth_gateway::tokens::store::{NewToken, Reach, TokenStore};
 use common::{ScratchDb, Stack};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -528,7 +528,7 @@ async fn cli_migrates_issues_lists_and_revokes() {
         "stdout is the token only: {stdout:?}"
     );
     assert_eq!(token.split('.').count(), 3, "a JWT: {token:?}");
-    let keys = auth_gateway::token::TokenKeys::ed25519_from_pem(&pem).expect("key");
+    let keys = auth_gateway::auth::token::TokenKeys::ed25519_from_pem(&pem).expect("key");
     let claims = keys
         .verify(token, "durable-streams-gateway", "durable-streams")
         .expect("the printed token verifies");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use auth_gateway::token::{Claims, TokenKeys, generate_ed25519_pem};
+use auth_gateway::auth::token::{Claims, TokenKeys, generate_ed25519_pem};
 use base64::Engine;
 use common::{Stack, challenge};
 use reqwest::{Method, StatusCode};

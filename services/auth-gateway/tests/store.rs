@@ -3,8 +3,8 @@
 
 mod common;
 
-use auth_gateway::scope::Scope;
-use auth_gateway::store::{NewToken, Reach, StoreError, TokenStore};
+use auth_gateway::auth::scope::Scope;
+use auth_gateway::tokens::store::{NewToken, Reach, StoreError, TokenStore};
 use common::ScratchDb;
 use time::{Duration, OffsetDateTime};
 

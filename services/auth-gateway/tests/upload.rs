@@ -3,9 +3,9 @@
 
 mod common;
 
-use auth_gateway::issuer::{Authority, Issuer, TokenRequest};
-use auth_gateway::store::TokenStore;
-use auth_gateway::token::{TokenKeys, generate_ed25519_pem};
+use auth_gateway::auth::token::{TokenKeys, generate_ed25519_pem};
+use auth_gateway::tokens::issuer::{Authority, Issuer, TokenRequest};
+use auth_gateway::tokens::store::TokenStore;
 use common::{ScratchDb, inspecting_upstream};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

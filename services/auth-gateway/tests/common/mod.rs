@@ -6,10 +6,10 @@
 //! Every test binary compiles this module, and each uses only part of it.
 #![allow(dead_code)]
 
+use auth_gateway::auth::token::{TokenKeys, generate_ed25519_pem};
 use auth_gateway::config::Config;
-use auth_gateway::issuer::{Authority, Issuer, TokenRequest};
-use auth_gateway::store::TokenStore;
-use auth_gateway::token::{TokenKeys, generate_ed25519_pem};
+use auth_gateway::tokens::issuer::{Authority, Issuer, TokenRequest};
+use auth_gateway::tokens::store::TokenStore;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::IntoResponse;

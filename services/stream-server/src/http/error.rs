@@ -123,7 +123,15 @@ fn stream_status(error: &StreamError) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = service_common::problem::response(self.status(), &self.to_string());
+        let reason = self.to_string();
+        // Storage failures are the operator's to read, in the log.
+        let detail = match &self {
+            ApiError::Stream(StreamError::Storage(_)) => {
+                "the server could not complete the operation"
+            }
+            _ => reason.as_str(),
+        };
+        let mut response = service_common::problem::response(self.status(), detail, &reason);
         response.headers_mut().extend(self.headers());
         response
     }

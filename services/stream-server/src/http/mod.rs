@@ -135,6 +135,7 @@ pub fn app(
     };
     ServiceBuilder::new()
         .layer(TraceLayer::new_for_http().make_span_with(span))
+        .map_response(service_common::problem::log_refusal)
         .map_response(service_common::security::add)
         .layer(cors(cors_origins))
         .service(Routes { state, others })

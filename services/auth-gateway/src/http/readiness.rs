@@ -4,7 +4,7 @@
 //! that token lookups need.
 
 use crate::proxy::Upstream;
-use crate::store::TokenStore;
+use crate::tokens::store::TokenStore;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 

@@ -1,17 +1,17 @@
 //! The gateway's HTTP surface: health checks, the admin API, and every
 //! stream URL — authenticated, authorised, rate limited, then proxied.
 
-use crate::admin;
-use crate::authenticator::Authenticator;
-use crate::config::Config;
-use crate::credentials;
+pub mod admin;
+pub mod extract;
+pub mod readiness;
+pub mod state;
+
+use crate::auth::scope::Scope;
 use crate::error::GatewayError;
-use crate::grant::Grant;
-use crate::proxy::{ClientIp, Forwarding, Upstream};
-use crate::rate_limit::RateLimiter;
-use crate::readiness::Readiness;
-use crate::revocation::UntilRevoked;
-use crate::scope::Scope;
+use crate::http::extract::{Caller, authenticate};
+pub use crate::http::state::{Gateway, SharedGateway};
+use crate::proxy::revocation::UntilRevoked;
+use crate::proxy::{ClientIp, Forwarding};
 use axum::BoxError;
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -21,27 +21,15 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
-use http::{Method, StatusCode, request::Parts};
+use http::{Method, StatusCode};
 use service_common::cors::BrowserCorsLayer;
 use service_common::stream_path;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
-
-/// Everything a request handler needs, shared by all of them.
-pub struct Gateway {
-    pub config: Config,
-    pub authenticator: Arc<Authenticator>,
-    pub upstream: Upstream,
-    pub limiter: RateLimiter,
-    pub readiness: Readiness,
-}
-
-pub type SharedGateway = Arc<Gateway>;
 
 /// The application, put together once: [`App::for_client`] makes the
 /// service for each connection.
@@ -107,6 +95,7 @@ impl App {
                     tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
                 }),
             )
+            .map_response(service_common::problem::log_refusal)
             .map_response(service_common::security::add)
             .layer(self.cors.clone())
             .service(routes)
@@ -188,30 +177,6 @@ async fn readyz(State(gateway): State<SharedGateway>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
-}
-
-/// An authenticated caller within its rate limit.
-pub struct Caller {
-    pub grant: Arc<Grant>,
-    /// The request's query without credentials.
-    pub forward_query: Option<String>,
-}
-
-/// Authenticates the request and charges its token's rate limit.
-pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, GatewayError> {
-    let found = credentials::extract(
-        &parts.method,
-        &parts.headers,
-        parts.uri.query(),
-        gateway.config.auth.query_token,
-    )?;
-    let token = found.token.ok_or(GatewayError::MissingToken)?;
-    let grant = gateway.authenticator.authenticate(&token).await?;
-    gateway.limiter.check(&grant.token_id)?;
-    Ok(Caller {
-        grant,
-        forward_query: found.forward_query,
-    })
 }
 
 /// Any request to a stream URL: authenticated, authorised, then proxied.

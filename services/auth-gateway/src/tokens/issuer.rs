@@ -6,11 +6,11 @@
 //! only within its own rights ([`Grant::covers`]), and the new row records
 //! it as the issuer.
 
-use crate::grant::{Excess, Grant};
-use crate::pattern::StreamPattern;
-use crate::scope::Scope;
-use crate::store::{NewToken, StoreError, TokenRow, TokenStore};
-use crate::token::{Claims, TokenKeys};
+use crate::auth::grant::{Excess, Grant};
+use crate::auth::pattern::StreamPattern;
+use crate::auth::scope::Scope;
+use crate::auth::token::{Claims, TokenKeys};
+use crate::tokens::store::{NewToken, StoreError, TokenRow, TokenStore};
 use serde::Serialize;
 use std::time::Duration;
 use time::OffsetDateTime;

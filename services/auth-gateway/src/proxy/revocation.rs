@@ -7,7 +7,7 @@
 //! response for a complete one. It reconnects, and its new request meets
 //! the token check again.
 
-use crate::grant::Grant;
+use crate::auth::grant::Grant;
 use axum::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -96,7 +96,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TokenRow;
+    use crate::tokens::store::TokenRow;
     use http_body_util::BodyExt;
     use http_body_util::StreamBody;
     use std::time::Duration;

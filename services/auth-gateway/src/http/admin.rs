@@ -16,30 +16,30 @@
 //!   it issued, directly or not (200 with `{"revoked": n}`; 404 if nothing
 //!   was left to revoke)
 
+use super::extract::{AdminCaller, AppJson};
+use super::state::SharedGateway;
+use crate::auth::grant::Grant;
+use crate::auth::pattern::StreamPattern;
+use crate::auth::scope::Scope;
 use crate::error::GatewayError;
-use crate::grant::Grant;
-use crate::http::{Gateway, SharedGateway, authenticate};
-use crate::issuer::{Authority, IssueError, Issuer, TokenInfo, TokenRequest};
-use crate::pattern::StreamPattern;
-use crate::scope::Scope;
-use crate::store::Reach;
-use axum::extract::{Path, Request, State};
+use crate::tokens::issuer::{Authority, IssueError, Issuer, TokenInfo, TokenRequest};
+use crate::tokens::store::Reach;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http::StatusCode;
 use http::header::{CACHE_CONTROL, HeaderValue};
-use http_body_util::BodyExt;
 use serde::Deserialize;
-use std::sync::Arc;
 
 /// Largest accepted admin request body.
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn routes() -> Router<SharedGateway> {
     Router::new()
         .route("/tokens", get(list).post(create))
         .route("/tokens/{id}", get(show).delete(revoke))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// The body of `POST /admin/tokens`.
@@ -59,23 +59,6 @@ struct CreateToken {
 
 fn default_ttl() -> String {
     "24h".into()
-}
-
-/// Authenticates an admin request; anything but the `admin` scope is 403.
-/// Returns the caller's grant with the request.
-async fn require_admin(
-    gateway: &Gateway,
-    request: Request,
-) -> Result<(Arc<Grant>, Request), GatewayError> {
-    let (parts, body) = request.into_parts();
-    let caller = authenticate(gateway, &parts).await?;
-    if !caller.grant.has_scope(Scope::Admin) {
-        return Err(GatewayError::InsufficientScope {
-            scope: Scope::Admin,
-            target: "/admin/tokens".into(),
-        });
-    }
-    Ok((caller.grant, Request::from_parts(parts, body)))
 }
 
 /// The rows an admin token manages: its own subtree.
@@ -103,11 +86,6 @@ fn cascade_requested(query: Option<&str>) -> Result<bool, GatewayError> {
     Ok(cascade)
 }
 
-fn store_error(e: impl std::fmt::Display) -> GatewayError {
-    tracing::warn!("admin API: {e}");
-    GatewayError::AuthUnavailable
-}
-
 fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -117,48 +95,39 @@ fn no_store(mut response: Response) -> Response {
 
 async fn list(
     State(gateway): State<SharedGateway>,
-    request: Request,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Response, GatewayError> {
-    let (caller, _) = require_admin(&gateway, request).await?;
-    let rows = gateway
-        .authenticator
-        .store()
-        .list(reach(&caller))
-        .await
-        .map_err(store_error)?;
+    let rows = gateway.authenticator.store().list(reach(&caller)).await?;
     let tokens: Vec<TokenInfo> = rows.into_iter().map(TokenInfo::from).collect();
     Ok(no_store(Json(tokens).into_response()))
 }
 
 async fn show(
     State(gateway): State<SharedGateway>,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
-    request: Request,
 ) -> Result<Response, GatewayError> {
-    let (caller, _) = require_admin(&gateway, request).await?;
     let row = gateway
         .authenticator
         .store()
         .find_within(reach(&caller), &id)
-        .await
-        .map_err(store_error)?
+        .await?
         .ok_or_else(|| GatewayError::NotFound(format!("no token {id:?}")))?;
     Ok(no_store(Json(TokenInfo::from(row)).into_response()))
 }
 
 async fn revoke(
     State(gateway): State<SharedGateway>,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
-    request: Request,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, GatewayError> {
-    let (caller, request) = require_admin(&gateway, request).await?;
-    let cascade = cascade_requested(request.uri().query())?;
+    let cascade = cascade_requested(query.as_deref())?;
     let revoked = gateway
         .authenticator
         .store()
         .revoke_within(reach(&caller), &id, cascade)
-        .await
-        .map_err(store_error)?;
+        .await?;
     if revoked == 0 {
         return Err(GatewayError::NotFound(format!(
             "no active token {id:?} to revoke"
@@ -180,16 +149,9 @@ async fn revoke(
 
 async fn create(
     State(gateway): State<SharedGateway>,
-    request: Request,
+    AdminCaller(caller): AdminCaller,
+    AppJson(input): AppJson<CreateToken>,
 ) -> Result<Response, GatewayError> {
-    let (caller, request) = require_admin(&gateway, request).await?;
-    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| GatewayError::BadRequest(format!("cannot read the body: {e}")))?
-        .to_bytes();
-    let input: CreateToken = serde_json::from_slice(&body)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid token request: {e}")))?;
     let token_request = parse(input)?;
     let config = &gateway.config;
     let issuer = Issuer {
@@ -201,23 +163,16 @@ async fn create(
     let issued = issuer
         .issue(token_request, Authority::Token(&caller))
         .await
-        .map_err(|e| match e {
-            IssueError::Invalid(reason) => GatewayError::BadRequest(reason),
-            IssueError::ExceedsIssuer(excess) => {
-                // The client learns only that it asked too much; which part is
-                // for the operator.
+        .map_err(|e| {
+            if let IssueError::ExceedsIssuer(excess) = &e {
+                // The client learns only that it asked too much; which part
+                // is for the operator.
                 tracing::info!(
                     issuer = %caller.token_id,
                     "admin API: refused a token beyond its issuer's rights: {excess}"
                 );
-                GatewayError::ExceedsIssuer
             }
-            IssueError::IssuerInactive => GatewayError::InvalidToken("token revoked or expired"),
-            IssueError::Store(e) => store_error(e),
-            IssueError::Signing(e) => {
-                tracing::error!("admin API: {e}");
-                GatewayError::Internal
-            }
+            GatewayError::from(e)
         })?;
     tracing::info!(
         token_id = %issued.info.id,

@@ -22,10 +22,10 @@
 //!
 //! A token whose row cannot be read is refused with 503: never fail open.
 
+use crate::auth::grant::Grant;
+use crate::auth::token::{Claims, TokenError, TokenKeys};
 use crate::error::GatewayError;
-use crate::grant::Grant;
-use crate::store::TokenStore;
-use crate::token::{Claims, TokenError, TokenKeys};
+use crate::tokens::store::TokenStore;
 use dashmap::DashMap;
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
@@ -508,7 +508,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::generate_ed25519_pem;
+    use crate::auth::token::generate_ed25519_pem;
 
     const ISSUER: &str = "gateway";
     const AUDIENCE: &str = "streams";

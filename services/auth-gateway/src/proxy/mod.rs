@@ -9,9 +9,11 @@
 //! points at the gateway; and answers to these authenticated requests are
 //! kept out of shared caches (see [`restrict_caching`]).
 
+pub mod revocation;
+
+use crate::auth::identity::{Identity, X_AUTH_SUBJECT, X_AUTH_TOKEN_ID};
 use crate::config::{Config, ConfigError};
 use crate::error::GatewayError;
-use crate::revocation::caused_by_grant_end;
 use axum::BoxError;
 use axum::body::Body;
 use axum::extract::Request;
@@ -24,14 +26,11 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use revocation::caused_by_grant_end;
 use service_common::body::BodyTimeout;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Subject of the token that authorised the request.
-pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-/// Id (`jti`) of the token that authorised the request.
-pub const X_AUTH_TOKEN_ID: HeaderName = HeaderName::from_static("x-auth-token-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -46,24 +45,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
 ];
-
-/// Who is calling, as the identity headers carry it: rendered once per
-/// token row rather than per request. A value that cannot be a header (a
-/// control character in a subject) is left out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub subject: Option<HeaderValue>,
-    pub token_id: Option<HeaderValue>,
-}
-
-impl Identity {
-    pub fn new(subject: &str, token_id: &str) -> Identity {
-        Identity {
-            subject: HeaderValue::from_str(subject).ok(),
-            token_id: HeaderValue::from_str(token_id).ok(),
-        }
-    }
-}
 
 /// The IP address a connection comes from, rendered once per connection as
 /// the entry this hop adds to `X-Forwarded-For` (formatting an address is

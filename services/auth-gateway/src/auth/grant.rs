@@ -6,10 +6,10 @@
 //! authenticator ends it, and requests it authorised that are still open
 //! (live reads, uploads) stop with it.
 
-use crate::pattern::StreamPattern;
-use crate::proxy::Identity;
-use crate::scope::Scope;
-use crate::store::TokenRow;
+use crate::auth::identity::Identity;
+use crate::auth::pattern::StreamPattern;
+use crate::auth::scope::Scope;
+use crate::tokens::store::TokenRow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use time::OffsetDateTime;

@@ -8,8 +8,8 @@
 //! SQL. Columns a query cannot prove non-null (`RETURNING`, recursive
 //! queries) are marked `"name!"`; the table's constraints make them so.
 
-use crate::pattern::StreamPattern;
-use crate::scope::Scope;
+use crate::auth::pattern::StreamPattern;
+use crate::auth::scope::Scope;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
