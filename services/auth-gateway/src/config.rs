@@ -8,9 +8,9 @@
 
 use crate::auth::token::{KeyError, TokenKeys};
 use serde::{Deserialize, Serialize};
+pub use service_common::config::ConfigError;
 use service_common::limits::ConnectionLimits;
 use service_common::serve::Options;
-pub use service_common::settings::ConfigError;
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -233,7 +233,7 @@ impl Default for HttpConfig {
 impl Config {
     /// Layers defaults, the optional TOML file and the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = service_common::settings::load(file, "GW_", &["DATABASE_URL"])?;
+        let config: Config = service_common::config::load(file, "GW_", &["DATABASE_URL"])?;
         config.validate()?;
         Ok(config)
     }

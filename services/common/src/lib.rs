@@ -11,7 +11,8 @@
 //! * [`cors`] — the CORS policy (origins from configuration);
 //! * [`security`] — the browser security headers on every response;
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
-//! * [`settings`] — loading and checking settings (defaults, TOML, env);
+//! * [`config`] — loading settings (defaults, TOML, environment);
+//! * [`settings`] — checks shared by both configurations;
 //! * [`telemetry`] — logging setup;
 //! * [`stream_path`] — what names a stream: URL paths and fork sources,
 //!   resolved the same way by the gateway that authorises and the server
@@ -22,6 +23,7 @@
 
 pub mod accept;
 pub mod body;
+pub mod config;
 pub mod cors;
 pub mod headers;
 pub mod limits;

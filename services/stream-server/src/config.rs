@@ -8,8 +8,8 @@
 use crate::storage::{StorageMode, Tuning, file::MIN_JOURNAL_BYTES};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+pub use service_common::config::ConfigError;
 use service_common::limits::ConnectionLimits;
-pub use service_common::settings::ConfigError;
 use service_common::stream_path::PathLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -178,7 +178,7 @@ pub struct TlsConfig {
 impl Config {
     /// Layers defaults, the optional TOML file and the `DS_*` environment.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-        let config: Config = service_common::settings::load(file, "DS_", &[])?;
+        let config: Config = service_common::config::load(file, "DS_", &[])?;
         config.validate()?;
         Ok(config)
     }

@@ -16,7 +16,7 @@
 //!   it issued, directly or not (200 with `{"revoked": n}`; 404 if nothing
 //!   was left to revoke)
 
-use super::extract::{AdminCaller, AppJson};
+use super::extract::{AdminCaller, AppJson, MAX_JSON_BODY_BYTES};
 use super::state::SharedGateway;
 use crate::auth::grant::Grant;
 use crate::auth::pattern::StreamPattern;
@@ -32,14 +32,11 @@ use http::StatusCode;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use serde::Deserialize;
 
-/// Largest accepted admin request body.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 pub fn routes() -> Router<SharedGateway> {
     Router::new()
         .route("/tokens", get(list).post(create))
         .route("/tokens/{id}", get(show).delete(revoke))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
 }
 
 /// The body of `POST /admin/tokens`.

@@ -60,6 +60,10 @@ impl FromRequestParts<SharedGateway> for AdminCaller {
     }
 }
 
+/// Largest JSON body a route takes ([`AppJson`] with the route's
+/// `DefaultBodyLimit` set to it).
+pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
+
 /// A JSON body, refused in the gateway's own problem format: `400` when it
 /// is not the expected JSON, `413` over the route's body limit, `408` when
 /// it arrives too slowly.
@@ -86,7 +90,7 @@ fn json_refusal(rejection: JsonRejection) -> GatewayError {
     }
     if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
         return GatewayError::PayloadTooLarge {
-            limit: super::admin::MAX_BODY_BYTES as u64,
+            limit: MAX_JSON_BODY_BYTES as u64,
         };
     }
     GatewayError::BadRequest(rejection.body_text())

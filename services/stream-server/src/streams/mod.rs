@@ -26,7 +26,8 @@ pub mod stream;
 pub use append::{AppendOutcome, AppendRequest};
 pub use create::{CreateRequest, Created, ForkRequest};
 pub use error::StreamError;
-pub use stream::{Expiry, ReadResult, Stream, Tail};
+pub use read::ReadResult;
+pub use stream::{Expiry, Stream, Tail};
 
 use crate::protocol::headers::media_type;
 use crate::protocol::json::{self, JsonMessages};

@@ -3,7 +3,6 @@
 //! Reading its data is in `streams::read`.
 
 use super::error::StreamError;
-pub use super::read::ReadResult;
 use crate::protocol::headers::ProducerHeaders;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
