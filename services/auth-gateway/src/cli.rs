@@ -8,7 +8,7 @@
 use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
 use crate::auth::token::generate_ed25519_pem;
-use crate::config::{Config, ENVIRONMENT_HELP};
+use crate::config::{Config, environment_help};
 use crate::tokens::issuer::{Authority, Issuer, TokenInfo, TokenRequest};
 use crate::tokens::store::{Reach, TokenStore};
 use clap::{Parser, Subcommand};
@@ -21,7 +21,7 @@ use std::time::Duration;
     name = "auth-gateway",
     version,
     about = "Bearer-token gateway in front of stream-server",
-    after_help = ENVIRONMENT_HELP
+    after_help = environment_help()
 )]
 pub struct Cli {
     /// TOML file with settings; `GW_*` environment variables override it.

@@ -48,15 +48,21 @@ impl BodyTimeout {
     /// The timeout somewhere in `error`'s source chain, if any: a body
     /// error reaches a handler wrapped by the layers it crossed.
     pub fn find<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a BodyTimeout> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
-                return Some(timeout);
-            }
-            next = error.source();
-        }
-        None
+        find_cause(error)
     }
+}
+
+/// The first error of type `T` in `error`'s source chain, `error` itself
+/// included: errors reach a handler wrapped by the layers they crossed.
+pub fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// Which bound the armed timer stands for.

@@ -62,3 +62,9 @@ where
         })?;
     Ok(figment.extract().map_err(Box::new)?)
 }
+
+/// `Ok` for a finite, positive number of seconds; otherwise an error naming
+/// `key`.
+pub fn positive_seconds(key: &'static str, secs: f64) -> Result<(), ConfigError> {
+    crate::settings::positive_seconds(secs).map_err(|reason| ConfigError::Invalid { key, reason })
+}

@@ -77,6 +77,51 @@ pub struct LimitError {
 }
 
 impl ConnectionLimits {
+    /// The `--help` lines of these settings for a service whose variables
+    /// start with `prefix` (`DS`, `GW`), names padded to `width`, with
+    /// `self`'s values as the defaults.
+    pub fn help(&self, prefix: &str, width: usize) -> String {
+        let lines = [
+            (
+                "HEADER_READ_TIMEOUT_SECS",
+                "accept to request head, and keep-alive idle, at most",
+                self.header_read_timeout_secs.to_string(),
+            ),
+            (
+                "MAX_HEADER_BYTES",
+                "larger request heads get 431, at least 8192",
+                self.max_header_bytes.to_string(),
+            ),
+            (
+                "BODY_IDLE_TIMEOUT_SECS",
+                "a request body silent this long gets 408",
+                self.body_idle_timeout_secs.to_string(),
+            ),
+            (
+                "BODY_TIMEOUT_SECS",
+                "time any request body gets before 408 ...",
+                self.body_timeout_secs.to_string(),
+            ),
+            (
+                "BODY_MIN_RATE_BYTES",
+                "... plus a second per this many bytes received",
+                self.body_min_rate_bytes.to_string(),
+            ),
+            (
+                "MAX_CONNECTIONS",
+                "connections served at once; more wait 1 s, then close",
+                self.max_connections.to_string(),
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(name, meaning, default)| {
+                let variable = format!("{prefix}_SERVER__{name}");
+                format!("  {variable:<width$} {meaning} [{default}]\n")
+            })
+            .collect()
+    }
+
     /// The defaults with another number of connections.
     pub fn with_max_connections(max_connections: usize) -> ConnectionLimits {
         ConnectionLimits {

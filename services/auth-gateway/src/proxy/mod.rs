@@ -26,8 +26,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use revocation::caused_by_grant_end;
+use revocation::GrantEnded;
 use service_common::body::BodyTimeout;
+use service_common::body::find_cause;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -209,11 +210,11 @@ impl Upstream {
         let upstream_request = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
 
         let response = self.client.request(upstream_request).await.map_err(|e| {
-            if caused_by_length_limit(&e) {
+            if find_cause::<LengthLimitError>(&e).is_some() {
                 GatewayError::PayloadTooLarge {
                     limit: self.max_body_bytes,
                 }
-            } else if caused_by_grant_end(&e) {
+            } else if find_cause::<GrantEnded>(&e).is_some() {
                 GatewayError::InvalidToken("token revoked or expired")
             } else if let Some(timeout) = BodyTimeout::find(&e) {
                 // The client's body failed, not stream-server.
@@ -296,17 +297,6 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

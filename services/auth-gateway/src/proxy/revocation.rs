@@ -22,18 +22,6 @@ use time::OffsetDateTime;
 #[error("the token that authorised this request was revoked or expired")]
 pub struct GrantEnded;
 
-/// Whether `error`, or anything that caused it, is [`GrantEnded`].
-pub fn caused_by_grant_end(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.is::<GrantEnded>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 /// `inner`, for as long as `grant` holds.
 ///
 /// Frames that are ready pass straight through after one flag check; only
@@ -99,6 +87,7 @@ mod tests {
     use crate::tokens::store::TokenRow;
     use http_body_util::BodyExt;
     use http_body_util::StreamBody;
+    use service_common::body::find_cause;
     use std::time::Duration;
 
     fn grant(ttl: time::Duration) -> Arc<Grant> {
@@ -143,7 +132,7 @@ mod tests {
             .expect("ends promptly")
             .expect("task");
         let error = ended.expect("a frame").expect_err("fails");
-        assert!(caused_by_grant_end(error.as_ref()));
+        assert!(find_cause::<GrantEnded>(error.as_ref()).is_some());
     }
 
     #[tokio::test]
