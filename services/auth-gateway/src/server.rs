@@ -11,6 +11,7 @@ use crate::http::readiness::Readiness;
 use crate::http::{App, Gateway, SharedGateway};
 use crate::proxy::{ClientIp, Upstream};
 use crate::tokens::store::{StoreError, TokenStore};
+use service_common::serve::BindError;
 use service_common::serve::Options;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,11 +26,8 @@ const STARTUP_DATABASE_WAIT: Duration = Duration::from_secs(30);
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("token store: {0}")]
     Store(#[from] StoreError),
     #[error("server: {0}")]
@@ -39,9 +37,7 @@ pub enum ServeError {
 /// Binds the configured address (port 0 picks a free port).
 pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
     let addr = SocketAddr::new(config.server.host, config.server.port);
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    Ok(TcpListener::from_std(service_common::serve::bind(addr)?)?)
 }
 
 /// The shared state of a gateway for `config`, without touching the

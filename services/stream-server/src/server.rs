@@ -11,6 +11,7 @@ use crate::http::{AppState, Settings, Shared, app};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
+use service_common::serve::BindError;
 use service_common::serve::{BoundedRequest, Options};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -25,11 +26,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot load TLS certificate or key: {0}")]
     Tls(#[from] TlsError),
     #[error("server failed: {0}")]
@@ -41,9 +39,7 @@ pub enum ServeError {
 /// Binds the configured address.
 pub fn bind(config: &Config) -> Result<TcpListener, ServeError> {
     let addr = SocketAddr::new(config.server.host, config.server.port);
-    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(service_common::serve::bind(addr)?)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,

@@ -54,6 +54,25 @@ const H2_MAX_STREAMS: u32 = 200;
 /// reads until TCP gives up.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
+/// The listening address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// Binds `addr` (port 0 picks a free port) for [`serve`]: a non-blocking
+/// std listener, which the caller hands to tokio inside its runtime.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| BindError { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| BindError { addr, source })?;
+    Ok(listener)
+}
+
 /// How a service is served.
 pub struct Options {
     /// Checked already (see [`ConnectionLimits::validate`]).
