@@ -295,43 +295,25 @@ mod tests {
     use super::*;
     use crate::protocol::json::JsonMessages;
     use proptest::prelude::*;
-    use std::fs::OpenOptions;
-    use std::path::PathBuf;
 
     /// A scratch log file, removed on drop.
-    struct ScratchLog {
-        path: PathBuf,
-        file: File,
-    }
+    struct ScratchLog(tempfile::NamedTempFile);
 
     impl ScratchLog {
         fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "ds-record-unit-{name}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
+            let file = tempfile::Builder::new()
+                .prefix(&format!("ds-record-unit-{name}-"))
+                .tempfile()
                 .expect("create scratch log");
-            ScratchLog { path, file }
+            ScratchLog(file)
         }
 
         /// The file, holding exactly `bytes`.
         fn holding(&self, bytes: &[u8]) -> &File {
-            self.file.set_len(0).expect("truncate");
-            self.file.write_all_at(bytes, 0).expect("write");
-            &self.file
-        }
-    }
-
-    impl Drop for ScratchLog {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
+            let file = self.0.as_file();
+            file.set_len(0).expect("truncate");
+            file.write_all_at(bytes, 0).expect("write");
+            file
         }
     }
 
