@@ -3,6 +3,7 @@
 //! boundaries within their budget and limit, and (for the persistent modes)
 //! everything a stream is made of comes back after the engine is reopened.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
 use stream_server::protocol::producer::ProducerState;
 use stream_server::storage::{
-    self, Engine, ExpiryRecord, Mutation, StorageMode, StreamLog, StreamMeta,
+    self, Close, ClosingProducer, Engine, ExpiryRecord, Mutation, ProducerEntry, StorageMode,
+    StreamLog, StreamMeta,
 };
 use tempfile::TempDir;
 
@@ -211,6 +213,15 @@ async fn appends_are_ordered_and_reads_end_on_boundaries() {
     }
 }
 
+/// Producer `p`'s request (epoch 2, seq 7) that closes a stream.
+fn closing_p() -> ClosingProducer {
+    ClosingProducer {
+        id: "p".into(),
+        epoch: 2,
+        seq: 7,
+    }
+}
+
 #[tokio::test]
 async fn everything_a_stream_holds_survives_reopening() {
     for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
@@ -229,15 +240,15 @@ async fn everything_a_stream_holds_survives_reopening() {
             wait(commit).await;
             let mutation = Mutation {
                 data: Some(messages(&["two", "three"])),
-                producer: Some((
-                    "p".into(),
-                    ProducerState {
+                producer: Some(ProducerEntry {
+                    id: "p".into(),
+                    state: ProducerState {
                         epoch: 2,
                         last_seq: 7,
                     },
-                )),
+                }),
                 stream_seq: Some("seq-9".into()),
-                close: Some(Some(("p".into(), 2, 7))),
+                close: Some(Close::By(closing_p())),
             };
             wait(log.apply(mutation).expect("apply")).await;
             let (gone, commit) = engine
@@ -272,16 +283,16 @@ async fn everything_a_stream_holds_survives_reopening() {
             "{mode}"
         );
         assert!(kept.closed, "{mode}");
-        assert_eq!(kept.closed_by, Some(("p".into(), 2, 7)), "{mode}");
+        assert_eq!(kept.closed_by, Some(closing_p()), "{mode}");
         assert_eq!(
             kept.producers,
-            vec![(
+            HashMap::from([(
                 "p".into(),
                 ProducerState {
                     epoch: 2,
                     last_seq: 7
                 }
-            )],
+            )]),
             "{mode}"
         );
         assert_eq!(kept.last_seq.as_deref(), Some("seq-9"), "{mode}");

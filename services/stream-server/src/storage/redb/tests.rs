@@ -1,11 +1,14 @@
 //! Tests of the acid engine as a whole: reads across settled and
 //! unsettled appends, settling in steps and stream by stream, removal
-//! mid-settle, reopening, and upgrading older formats.
+//! mid-settle, reopening, upgrading older formats, and the `streams` row's
+//! stored form.
 
-use super::tables::{CHUNKS, DB_FILE, FORMAT, FORMAT_V1, FORMAT_V2, META, RECENT, RECENT_B};
+use super::tables::{
+    CHUNKS, DB_FILE, FORMAT, FORMAT_V1, FORMAT_V2, META, RECENT, RECENT_B, StreamRecord,
+};
 use super::writer::DIRECT_BYTES;
 use super::*;
-use crate::storage::{ExpiryRecord, Mutation};
+use crate::storage::{ClosingProducer, ExpiryRecord, Mutation};
 use ::redb::ReadableTableMetadata;
 use tempfile::TempDir;
 
@@ -324,4 +327,39 @@ async fn version_1_and_2_databases_are_upgraded_in_place() {
         let settled = u64::from(old == FORMAT_V2);
         assert_eq!(each_table_rows(&engine.db), (0, 0, settled), "from {old}");
     }
+}
+
+/// A `streams` row keeps the closing producer request as the array
+/// `[id, epoch, seq]` it has always been stored as, and reads it back.
+#[test]
+fn the_closing_producer_is_stored_as_an_array() {
+    let record = StreamRecord {
+        id: 1,
+        base: Offset::ZERO,
+        meta: meta(),
+        closed: true,
+        closed_by: Some(ClosingProducer {
+            id: "p".into(),
+            epoch: 2,
+            seq: 7,
+        }),
+        last_seq: None,
+        soft_deleted: false,
+    };
+    let mut row = serde_json::to_value(&record).expect("serialise");
+    assert_eq!(row["closed_by"], serde_json::json!(["p", 2, 7]));
+    let read: StreamRecord = serde_json::from_value(row.clone()).expect("deserialise");
+    assert_eq!(read.closed_by, record.closed_by);
+
+    row["closed_by"] = serde_json::Value::Null;
+    let read: StreamRecord = serde_json::from_value(row).expect("deserialise");
+    assert_eq!(read.closed_by, None);
+    let open = StreamRecord {
+        closed_by: None,
+        ..record
+    };
+    assert_eq!(
+        serde_json::to_value(&open).expect("serialise")["closed_by"],
+        serde_json::Value::Null
+    );
 }
