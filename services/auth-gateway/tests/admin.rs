@@ -486,9 +486,8 @@ fn gateway_cli(
 #[tokio::test]
 async fn cli_migrates_issues_lists_and_revokes() {
     let db = ScratchDb::create().await;
-    let dir = std::env::temp_dir().join(format!("gw-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key_file = dir.join("key.pem");
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key.pem");
 
     let keygen = gateway_cli(&db.url, &key_file, &["keygen"]);
     assert!(keygen.status.success());
@@ -577,16 +576,14 @@ async fn cli_migrates_issues_lists_and_revokes() {
     assert!(!no_db.status.success());
     assert!(String::from_utf8_lossy(&no_db.stderr).contains("DATABASE_URL"));
 
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_now().await;
 }
 
 #[tokio::test]
 async fn cli_revokes_a_subtree_and_lists_issuers() {
     let db = ScratchDb::create().await;
-    let dir = std::env::temp_dir().join(format!("gw-cli-tree-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key_file = dir.join("key.pem");
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key.pem");
     let keygen = gateway_cli(&db.url, &key_file, &["keygen"]);
     std::fs::write(&key_file, &keygen.stdout).expect("write key");
     let migrate = gateway_cli(&db.url, &key_file, &["migrate"]);
@@ -646,6 +643,5 @@ async fn cli_revokes_a_subtree_and_lists_issuers() {
     assert!(!again.status.success(), "nothing left to revoke");
 
     store.pool().close().await;
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_now().await;
 }

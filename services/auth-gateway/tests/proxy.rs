@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Stack, challenge, inspecting_upstream, send, wait_for_flag};
+use ds_load::sse::{SseEvent, SseParser};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use std::sync::atomic::Ordering;
@@ -174,14 +175,18 @@ async fn sse_and_long_poll_deliver_appends_live() {
         .expect("append");
     assert_eq!(appended.status(), StatusCode::NO_CONTENT);
 
-    let mut received = String::new();
-    while !received.contains("live-message") {
+    let mut parser = SseParser::new();
+    let mut received = Vec::new();
+    while !received
+        .iter()
+        .any(|event: &SseEvent| event.data() == "live-message")
+    {
         let chunk = tokio::time::timeout(Duration::from_secs(2), events.next())
             .await
             .expect("SSE event within 2 s")
             .expect("stream open")
             .expect("chunk");
-        received.push_str(&String::from_utf8_lossy(&chunk));
+        received.extend(parser.feed(&chunk));
     }
     assert!(
         sent.elapsed() < Duration::from_secs(1),

@@ -9,10 +9,10 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stream_server::config::Config;
 use stream_server::storage::StorageMode;
+use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 const WRITERS: usize = 64;
@@ -22,7 +22,8 @@ struct Server {
     base: String,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    data_dir: PathBuf,
+    /// Removed after the server is told to stop.
+    _data_dir: TempDir,
 }
 
 impl Drop for Server {
@@ -30,16 +31,17 @@ impl Drop for Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
 async fn start(mode: StorageMode) -> Server {
-    let data_dir = std::env::temp_dir().join(format!("ds-bench-{mode}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let data_dir = tempfile::Builder::new()
+        .prefix(&format!("ds-bench-{mode}-"))
+        .tempdir()
+        .expect("scratch dir");
     let mut config = Config::default();
     config.storage.mode = mode;
-    config.storage.data_dir = data_dir.clone();
+    config.storage.data_dir = data_dir.path().to_path_buf();
     config.limits.max_memory_bytes = 0;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -67,7 +69,7 @@ async fn start(mode: StorageMode) -> Server {
         base,
         client,
         stop: Some(stop),
-        data_dir,
+        _data_dir: data_dir,
     }
 }
 

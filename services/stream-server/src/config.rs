@@ -280,12 +280,13 @@ mod tests {
 
     /// Loads `toml` as the configuration file, over the defaults.
     fn load_toml(name: &str, toml: &str) -> Result<Config, ConfigError> {
-        let path =
-            std::env::temp_dir().join(format!("ds-config-{name}-{}.toml", std::process::id()));
-        std::fs::write(&path, toml).expect("write the configuration file");
-        let loaded = Config::load(Some(&path));
-        let _ = std::fs::remove_file(&path);
-        loaded
+        let file = tempfile::Builder::new()
+            .prefix(&format!("ds-config-{name}-"))
+            .suffix(".toml")
+            .tempfile()
+            .expect("create the configuration file");
+        std::fs::write(file.path(), toml).expect("write the configuration file");
+        Config::load(Some(file.path()))
     }
 
     #[test]

@@ -49,7 +49,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_stream-server");
 
@@ -135,24 +136,17 @@ in_both_file_modes!(
 /// directory is `data/` inside it; each server run writes its output to its
 /// own `server-<n>.log` beside it (never inside the data directory).
 struct Scratch {
-    root: PathBuf,
+    root: TempDir,
     mode: Mode,
     runs: AtomicU32,
 }
 
 impl Scratch {
     fn new(name: &str, mode: Mode) -> Scratch {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let root = std::env::temp_dir().join(format!(
-            "ds-corruption-{name}-{}-{}-{nanos}-{}",
-            mode.env(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&root).expect("create the scratch directory");
+        let root = tempfile::Builder::new()
+            .prefix(&format!("ds-corruption-{name}-{}-", mode.env()))
+            .tempdir()
+            .expect("create the scratch directory");
         Scratch {
             root,
             mode,
@@ -160,8 +154,12 @@ impl Scratch {
         }
     }
 
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
     fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.root().join("data")
     }
 
     fn streams_dir(&self) -> PathBuf {
@@ -174,13 +172,7 @@ impl Scratch {
 
     fn next_log(&self) -> PathBuf {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        self.root.join(format!("server-{n:02}.log"))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
+        self.root().join(format!("server-{n:02}.log"))
     }
 }
 
@@ -437,7 +429,7 @@ fn spawn(scratch: &Scratch, port: u16, log: &Path) -> Child {
         }
     }
     command
-        .current_dir(&scratch.root)
+        .current_dir(scratch.root())
         .env("DS_STORAGE__MODE", scratch.mode.env())
         .env("DS_STORAGE__DATA_DIR", scratch.data_dir())
         .env("DS_SERVER__HOST", "127.0.0.1")

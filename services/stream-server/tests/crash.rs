@@ -46,7 +46,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_stream-server");
 
@@ -93,7 +94,7 @@ macro_rules! in_every_persistent_mode {
 /// `server-<n>.log` next to it (never inside the data directory, which the
 /// server checks for foreign files).
 struct Scratch {
-    root: PathBuf,
+    root: TempDir,
     starts: AtomicU32,
     /// `DS_STORAGE__MODE` of every server started over this directory.
     mode: &'static str,
@@ -101,16 +102,10 @@ struct Scratch {
 
 impl Scratch {
     fn new(name: &str, mode: &'static str) -> Scratch {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let root = std::env::temp_dir().join(format!(
-            "ds-crash-{name}-{mode}-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&root).expect("create the scratch directory");
+        let root = tempfile::Builder::new()
+            .prefix(&format!("ds-crash-{name}-{mode}-"))
+            .tempdir()
+            .expect("create the scratch directory");
         Scratch {
             root,
             starts: AtomicU32::new(0),
@@ -118,18 +113,22 @@ impl Scratch {
         }
     }
 
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
     fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.root().join("data")
     }
 
     fn next_log(&self) -> PathBuf {
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
-        self.root.join(format!("server-{n:03}.log"))
+        self.root().join(format!("server-{n:03}.log"))
     }
 
     /// Fails the test if any server run so far panicked.
     fn assert_no_panics(&self) {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.root)
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.root())
             .expect("list the scratch directory")
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|e| e == "log"))
@@ -143,12 +142,6 @@ impl Scratch {
                 log.display()
             );
         }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -172,7 +165,7 @@ fn spawn(scratch: &Scratch, port: u16) -> (Child, PathBuf) {
         }
     }
     command
-        .current_dir(&scratch.root)
+        .current_dir(scratch.root())
         .env("DS_STORAGE__MODE", scratch.mode)
         .env("DS_STORAGE__DATA_DIR", scratch.data_dir())
         .env("DS_SERVER__HOST", "127.0.0.1")

@@ -14,24 +14,31 @@ use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
 use stream_server::storage::file::{FileEngine, MIN_JOURNAL_BYTES, SyncPolicy as Sync};
 use stream_server::storage::{Engine, ExpiryRecord, Mutation, StreamLog, StreamMeta};
+use tempfile::TempDir;
 
 const DURABLE: Sync = Sync::Journal {
     capacity: MIN_JOURNAL_BYTES,
 };
 
 /// A scratch data directory, removed on drop.
-struct DataDir(PathBuf);
+struct DataDir(TempDir);
 
 impl DataDir {
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ds-journal-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ds-journal-{test}-"))
+            .tempdir()
+            .expect("scratch dir");
         DataDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     /// The log of the only stream stored.
     fn log_file(&self) -> PathBuf {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(self.0.join("streams"))
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.path().join("streams"))
             .expect("streams dir")
             .map(|e| e.expect("entry").path())
             .collect();
@@ -51,12 +58,6 @@ impl DataDir {
             .open(self.log_file())
             .expect("open log");
         file.set_len(len).expect("cut log");
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -131,7 +132,7 @@ fn reopened(dir: &Path, sync: Sync) -> String {
 /// that loses everything its log was given after creation.
 async fn crash_after_appends(dir: &DataDir, count: usize, size: usize) {
     {
-        let engine = open(&dir.0, DURABLE);
+        let engine = open(dir.path(), DURABLE);
         let log = create(&engine).await;
         append(&*log, 0, count, size).await;
     }
@@ -146,10 +147,10 @@ fn expected(count: usize, size: usize) -> String {
 async fn acknowledged_appends_come_back_from_the_journal() {
     let dir = DataDir::new("restore");
     crash_after_appends(&dir, 40, 100).await;
-    assert_eq!(reopened(&dir.0, DURABLE), expected(40, 100));
+    assert_eq!(reopened(dir.path(), DURABLE), expected(40, 100));
     // The replayed journal was retired: cut again, nothing comes back.
     dir.cut_log(0);
-    assert_eq!(reopened(&dir.0, DURABLE), "");
+    assert_eq!(reopened(dir.path(), DURABLE), "");
 }
 
 #[tokio::test]
@@ -159,7 +160,7 @@ async fn a_torn_journal_entry_ends_the_replay() {
     // The stream's entries are in one shard of the journal. Each append
     // was a group of its own, and a group fills whole 4 KiB blocks: the
     // last append's entry starts the last block written.
-    let (journal_path, journal) = fs::read_dir(dir.0.join("journal"))
+    let (journal_path, journal) = fs::read_dir(dir.path().join("journal"))
         .expect("journal dir")
         .map(|e| e.expect("entry").path())
         .map(|path| (path.clone(), fs::read(&path).expect("shard")))
@@ -173,11 +174,11 @@ async fn a_torn_journal_entry_ends_the_replay() {
         .expect("open journal");
     file.write_all_at(&[journal[in_last_entry] ^ 0xff], in_last_entry as u64)
         .expect("tear");
-    assert_eq!(reopened(&dir.0, DURABLE), expected(9, 100));
+    assert_eq!(reopened(dir.path(), DURABLE), expected(9, 100));
 
     // The stream carries on after the damage.
     {
-        let engine = open(&dir.0, DURABLE);
+        let engine = open(dir.path(), DURABLE);
         let log = engine
             .recover()
             .expect("recover")
@@ -186,14 +187,14 @@ async fn a_torn_journal_entry_ends_the_replay() {
             .log;
         append(&*log, 9, 1, 100).await;
     }
-    assert_eq!(reopened(&dir.0, DURABLE), expected(10, 100));
+    assert_eq!(reopened(dir.path(), DURABLE), expected(10, 100));
 }
 
 #[tokio::test]
 async fn a_flush_leaves_nothing_to_replay() {
     let dir = DataDir::new("flush");
     {
-        let engine = open(&dir.0, DURABLE);
+        let engine = open(dir.path(), DURABLE);
         let log = create(&engine).await;
         append(&*log, 0, 10, 100).await;
         engine.flush().expect("flush");
@@ -201,7 +202,7 @@ async fn a_flush_leaves_nothing_to_replay() {
     // Damage found after a clean shutdown is not undone from the journal:
     // the log holds only the first append, and only it is served.
     dir.cut_log(dir.log_len() - 9 * (message(0, 100).len() as u64 + 34));
-    assert_eq!(reopened(&dir.0, DURABLE), expected(1, 100));
+    assert_eq!(reopened(dir.path(), DURABLE), expected(1, 100));
 }
 
 #[tokio::test]
@@ -215,7 +216,7 @@ async fn appends_after_checkpoints_replay_and_older_ones_are_durable() {
     // smallest journal) without a checkpoint.
     let total = before_flush + 4;
     let synced_len = {
-        let engine = open(&dir.0, DURABLE);
+        let engine = open(dir.path(), DURABLE);
         let log = create(&engine).await;
         append(&*log, 0, before_flush, size).await;
         engine.flush().expect("flush checkpoints");
@@ -224,7 +225,7 @@ async fn appends_after_checkpoints_replay_and_older_ones_are_durable() {
         synced_len
     };
     dir.cut_log(synced_len);
-    assert_eq!(reopened(&dir.0, DURABLE), expected(total, size));
+    assert_eq!(reopened(dir.path(), DURABLE), expected(total, size));
 }
 
 #[tokio::test]
@@ -232,9 +233,9 @@ async fn file_fast_replays_a_journal_left_by_file_durable() {
     let dir = DataDir::new("fast");
     crash_after_appends(&dir, 20, 50).await;
     let fast = Sync::Interval(Duration::from_millis(50));
-    assert_eq!(reopened(&dir.0, fast), expected(20, 50));
+    assert_eq!(reopened(dir.path(), fast), expected(20, 50));
     assert!(
-        !dir.0.join("journal").exists(),
+        !dir.path().join("journal").exists(),
         "file-fast keeps no journal"
     );
 }
@@ -243,7 +244,7 @@ async fn file_fast_replays_a_journal_left_by_file_durable() {
 fn a_journal_below_the_minimum_is_refused() {
     let dir = DataDir::new("small");
     let err = FileEngine::open(
-        &dir.0,
+        dir.path(),
         Sync::Journal {
             capacity: MIN_JOURNAL_BYTES - 1,
         },

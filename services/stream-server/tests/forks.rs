@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    TestServer, assert_problem, body, header, json_body, next_offset, open_sse, send, text,
+    ControlEvent, TestServer, assert_problem, body, header, json_body, next_offset, open_sse, send,
+    text,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::json;

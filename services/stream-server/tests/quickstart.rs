@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{SseReader, TestServer, body, header, send};
+use common::{ControlEvent, SseReader, TestServer, body, header, send};
 use reqwest::StatusCode;
 use std::time::Duration;
 

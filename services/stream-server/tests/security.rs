@@ -9,7 +9,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{SseReader, TestServer, assert_problem, header, next_offset, send};
+use common::{ControlEvent, SseReader, TestServer, assert_problem, header, next_offset, send};
 use reqwest::{Method, Response, StatusCode};
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, header, next_offset, open_sse, send};
+use common::{ControlEvent, TestServer, header, next_offset, open_sse, send};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 

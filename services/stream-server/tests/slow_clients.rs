@@ -12,7 +12,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestServer, header, next_offset, open_sse, send};
+use common::{ControlEvent, TestServer, header, next_offset, open_sse, send};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 use stream_server::config::Config;

@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::{SseEvent, SseReader, TestServer, header, open_sse, send};
+use common::{ControlEvent, SseEvent, SseReader, TestServer, header, open_sse, send};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 

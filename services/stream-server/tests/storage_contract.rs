@@ -3,15 +3,18 @@
 //! boundaries within their budget and limit, and (for the persistent modes)
 //! everything a stream is made of comes back after the engine is reopened.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
 use stream_server::protocol::producer::ProducerState;
 use stream_server::storage::{
-    self, Engine, ExpiryRecord, Mutation, StorageMode, StreamLog, StreamMeta,
+    self, Close, ClosingProducer, Engine, ExpiryRecord, Mutation, ProducerEntry, StorageMode,
+    StreamLog, StreamMeta,
 };
+use tempfile::TempDir;
 
 const MODES: [StorageMode; 4] = [
     StorageMode::Memory,
@@ -21,20 +24,19 @@ const MODES: [StorageMode; 4] = [
 ];
 
 /// A scratch data directory, removed on drop.
-struct DataDir(PathBuf);
+struct DataDir(TempDir);
 
 impl DataDir {
     fn new(mode: StorageMode, test: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("ds-contract-{test}-{mode}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ds-contract-{test}-{mode}-"))
+            .tempdir()
+            .expect("scratch dir");
         DataDir(dir)
     }
-}
 
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -145,7 +147,7 @@ async fn wait(commit: storage::Commit) {
 async fn appends_are_ordered_and_reads_end_on_boundaries() {
     for mode in MODES {
         let dir = DataDir::new(mode, "reads");
-        let engine = open(mode, &dir.0);
+        let engine = open(mode, dir.path());
         let (log, commit) = engine
             .create(
                 "s",
@@ -211,12 +213,21 @@ async fn appends_are_ordered_and_reads_end_on_boundaries() {
     }
 }
 
+/// Producer `p`'s request (epoch 2, seq 7) that closes a stream.
+fn closing_p() -> ClosingProducer {
+    ClosingProducer {
+        id: "p".into(),
+        epoch: 2,
+        seq: 7,
+    }
+}
+
 #[tokio::test]
 async fn everything_a_stream_holds_survives_reopening() {
     for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
         let dir = DataDir::new(mode, "reopen");
         let (tail, plain_tail) = {
-            let engine = open(mode, &dir.0);
+            let engine = open(mode, dir.path());
             let (log, commit) = engine
                 .create(
                     "kept",
@@ -229,15 +240,15 @@ async fn everything_a_stream_holds_survives_reopening() {
             wait(commit).await;
             let mutation = Mutation {
                 data: Some(messages(&["two", "three"])),
-                producer: Some((
-                    "p".into(),
-                    ProducerState {
+                producer: Some(ProducerEntry {
+                    id: "p".into(),
+                    state: ProducerState {
                         epoch: 2,
                         last_seq: 7,
                     },
-                )),
+                }),
                 stream_seq: Some("seq-9".into()),
-                close: Some(Some(("p".into(), 2, 7))),
+                close: Some(Close::By(closing_p())),
             };
             wait(log.apply(mutation).expect("apply")).await;
             let (gone, commit) = engine
@@ -254,7 +265,7 @@ async fn everything_a_stream_holds_survives_reopening() {
             (log.tail(), soft.tail())
         };
 
-        let engine = open(mode, &dir.0);
+        let engine = open(mode, dir.path());
         let recovered = engine.recover().expect("recover");
         let paths: Vec<&str> = recovered.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
@@ -272,16 +283,16 @@ async fn everything_a_stream_holds_survives_reopening() {
             "{mode}"
         );
         assert!(kept.closed, "{mode}");
-        assert_eq!(kept.closed_by, Some(("p".into(), 2, 7)), "{mode}");
+        assert_eq!(kept.closed_by, Some(closing_p()), "{mode}");
         assert_eq!(
             kept.producers,
-            vec![(
+            HashMap::from([(
                 "p".into(),
                 ProducerState {
                     epoch: 2,
                     last_seq: 7
                 }
-            )],
+            )]),
             "{mode}"
         );
         assert_eq!(kept.last_seq.as_deref(), Some("seq-9"), "{mode}");
@@ -308,13 +319,13 @@ async fn everything_a_stream_holds_survives_reopening() {
 #[tokio::test]
 async fn memory_keeps_nothing() {
     let dir = DataDir::new(StorageMode::Memory, "memory");
-    let engine = open(StorageMode::Memory, &dir.0);
+    let engine = open(StorageMode::Memory, dir.path());
     let (_log, commit) = engine
         .create("s", &meta(), Offset::ZERO, vec![messages(&["a"])], false)
         .expect("create");
     wait(commit).await;
     assert!(
-        open(StorageMode::Memory, &dir.0)
+        open(StorageMode::Memory, dir.path())
             .recover()
             .expect("recover")
             .is_empty()
@@ -325,29 +336,29 @@ async fn memory_keeps_nothing() {
 async fn a_data_dir_of_another_mode_is_refused() {
     let dir = DataDir::new(StorageMode::Acid, "mismatch");
     {
-        let engine = open(StorageMode::FileDurable, &dir.0);
+        let engine = open(StorageMode::FileDurable, dir.path());
         let (_log, commit) = engine
             .create("s", &meta(), Offset::ZERO, vec![], false)
             .expect("create");
         wait(commit).await;
     }
-    let err = storage::open(StorageMode::Acid, &dir.0, &tuning())
+    let err = storage::open(StorageMode::Acid, dir.path(), &tuning())
         .expect_err("acid must refuse a file-mode directory");
     assert!(
-        err.to_string().contains(&dir.0.display().to_string()),
+        err.to_string().contains(&dir.path().display().to_string()),
         "{err}"
     );
 
     let dir = DataDir::new(StorageMode::FileFast, "mismatch");
     {
-        let engine = open(StorageMode::Acid, &dir.0);
+        let engine = open(StorageMode::Acid, dir.path());
         let (_log, commit) = engine
             .create("s", &meta(), Offset::ZERO, vec![], false)
             .expect("create");
         wait(commit).await;
     }
     assert!(
-        storage::open(StorageMode::FileFast, &dir.0, &tuning()).is_err(),
+        storage::open(StorageMode::FileFast, dir.path(), &tuning()).is_err(),
         "file modes must refuse an acid directory"
     );
 }
@@ -360,7 +371,7 @@ async fn a_data_dir_of_another_mode_is_refused() {
 async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
     for mode in MODES {
         let dir = DataDir::new(mode, "recent");
-        let engine = open(mode, &dir.0);
+        let engine = open(mode, dir.path());
         // 160 appends of 1.5 KiB: more than the file modes keep in memory.
         let bodies = (0..160u32).map(|i| format!("{i:04}").repeat(384));
         let (log, expected, boundaries) = stream_of(&*engine, bodies).await;
@@ -398,7 +409,7 @@ async fn reads_at_every_boundary_agree_in_memory_and_on_disk() {
         if mode == StorageMode::Memory {
             continue;
         }
-        let engine = open(mode, &dir.0);
+        let engine = open(mode, dir.path());
         let recovered = engine.recover().expect("recover");
         check(&*recovered[0].log, "reopened");
     }
@@ -414,7 +425,7 @@ async fn without_a_tail_cache_reads_come_from_storage() {
     };
     for mode in MODES.into_iter().filter(|m| *m != StorageMode::Memory) {
         let dir = DataDir::new(mode, "nocache");
-        let engine = open_with(mode, &dir.0, &no_cache);
+        let engine = open_with(mode, dir.path(), &no_cache);
         let bodies = (0..20).map(|i| format!("message {i};"));
         let (log, expected, boundaries) = stream_of(&*engine, bodies).await;
         let tail = log.tail();
@@ -449,7 +460,7 @@ async fn large_and_small_appends_from_many_tasks_survive_reopening() {
             .map(|s| (0..APPENDS).map(|a| body(s, a)).collect())
             .collect();
         {
-            let engine = open(mode, &dir.0);
+            let engine = open(mode, dir.path());
             let mut tasks = Vec::new();
             for stream in 0..STREAMS {
                 let engine = Arc::clone(&engine);
@@ -476,7 +487,7 @@ async fn large_and_small_appends_from_many_tasks_survive_reopening() {
             }
             engine.flush().expect("flush");
         }
-        let engine = open(mode, &dir.0);
+        let engine = open(mode, dir.path());
         let mut recovered = engine.recover().expect("recover");
         recovered.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(recovered.len(), STREAMS, "{mode}");

@@ -6,6 +6,7 @@ use rustls::pki_types::ServerName;
 use std::net::TcpListener;
 use std::sync::Arc;
 use stream_server::config::Config;
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -17,15 +18,6 @@ struct TlsServer {
     _dir: TempDir,
 }
 
-/// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn start_tls_server(name: &str) -> TlsServer {
     start_tls_server_with(name, |_| {}).await
 }
@@ -34,10 +26,12 @@ async fn start_tls_server_with(name: &str, configure: impl FnOnce(&mut Config)) 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("generate a self-signed certificate");
-    let dir = std::env::temp_dir().join(format!("ds-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("ds-tls-{name}-"))
+        .tempdir()
+        .expect("create temp dir");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
 
@@ -61,7 +55,7 @@ async fn start_tls_server_with(name: &str, configure: impl FnOnce(&mut Config)) 
         addr,
         roots,
         stop: Some(stop),
-        _dir: TempDir(dir),
+        _dir: dir,
     }
 }
 

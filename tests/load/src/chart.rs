@@ -429,16 +429,14 @@ mod tests {
 
     #[test]
     fn chart_is_an_svg_with_labels() {
-        let dir = std::env::temp_dir().join(format!("ds-load-chart-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("chart.svg");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("chart.svg");
         draw_chart(&sample(), "test chart", &out).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("test chart"));
         assert!(svg.contains("node"));
         assert!(svg.contains("read MB/s"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -454,18 +452,19 @@ mod tests {
                 )
             })
             .collect();
-        let out = std::env::temp_dir().join(format!("ds-load-wide-{}.svg", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("wide.svg");
         draw_chart(&records, "wide", &out).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.contains("target-7"));
-        std::fs::remove_file(&out).unwrap();
     }
 
     #[test]
     fn chart_needs_data() {
         let mut lonely = record("x", "live", "c", "u", 1.0);
         lonely.headline.throughput = None;
-        let out = std::env::temp_dir().join("ds-load-never-written.svg");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("never-written.svg");
         assert!(matches!(
             draw_chart(&[lonely], "t", &out),
             Err(ChartError::NoData)

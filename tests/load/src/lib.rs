@@ -10,7 +10,8 @@
 //! * [`target`] — the stream base URL, bearer token and stream paths.
 //! * [`client`] — one HTTP/1.1 keep-alive connection per worker.
 //! * [`protocol`] — the Durable Streams requests and response headers.
-//! * [`sse`] — an incremental Server-Sent Events parser.
+//! * [`sse`] — an incremental Server-Sent Events parser (also the one both
+//!   services' tests use).
 //! * [`pattern`] — the deterministic byte pattern used to verify reads.
 //! * [`tracking`] — exactly-once, in-order bookkeeping for subscribers.
 //! * [`stats`] — latency histograms, summaries and error tallies.

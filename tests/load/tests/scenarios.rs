@@ -239,9 +239,8 @@ async fn churn_cycles_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_writes_json_and_charts_it() {
     let server = start_server().await;
-    let dir = std::env::temp_dir().join(format!("ds-load-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let results = dir.join("results.jsonl");
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let results = dir.path().join("results.jsonl");
     let base_url = server.base_url.clone();
     let results_arg = results.clone();
     let run = tokio::task::spawn_blocking(move || {
@@ -277,8 +276,8 @@ async fn binary_writes_json_and_charts_it() {
     assert_eq!(records[0].parameters["connections"], 2);
     assert!(records[0].headline.throughput.unwrap_or(0.0) > 0.0);
 
-    let chart: PathBuf = dir.join("chart.svg");
-    let table = dir.join("table.md");
+    let chart: PathBuf = dir.path().join("chart.svg");
+    let table = dir.path().join("table.md");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ds-load"))
         .arg("chart")
         .arg("--out")
@@ -293,5 +292,4 @@ async fn binary_writes_json_and_charts_it() {
     assert!(svg.contains("<svg") && svg.contains("in-process"));
     let markdown = std::fs::read_to_string(&table).expect("table written");
     assert!(markdown.contains("| append |"));
-    std::fs::remove_dir_all(&dir).expect("remove scratch dir");
 }

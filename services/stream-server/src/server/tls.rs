@@ -53,16 +53,16 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str, contents: &str) -> std::path::PathBuf {
-        let path = std::env::temp_dir().join(format!("ds-tls-unit-{}-{name}", std::process::id()));
-        std::fs::write(&path, contents).expect("write scratch file");
-        path
-    }
-
     #[test]
     fn refuses_files_without_a_certificate_or_key() {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let scratch = |name: &str, contents: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).expect("write scratch file");
+            path
+        };
         let empty = scratch("empty.pem", "");
-        let missing = std::env::temp_dir().join("ds-tls-unit-missing.pem");
+        let missing = dir.path().join("missing.pem");
         assert!(matches!(
             acceptor(&missing, &empty),
             Err(TlsError::Certificates { .. })
@@ -77,8 +77,5 @@ mod tests {
         assert!(matches!(acceptor(&cert, &empty), Err(TlsError::Key { .. })));
         let key = scratch("key.pem", &generated.signing_key.serialize_pem());
         assert!(acceptor(&cert, &key).is_ok());
-        for path in [empty, cert, key] {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }

@@ -35,6 +35,7 @@ use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -110,17 +111,74 @@ pub struct StreamMeta {
     pub fork: Option<ForkRecord>,
 }
 
-/// The `(producer id, epoch, seq)` of the request that closed a stream.
-pub type ClosedBy = (String, u64, u64);
+/// One producer's state on a stream (§5.2.1), as a mutation stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    /// The `Producer-Id`.
+    pub id: String,
+    pub state: ProducerState,
+}
+
+/// The producer request that closed a stream, kept so that its retry is
+/// recognised as a duplicate (§5.2.1).
+///
+/// Persisted (in the acid engine's `streams` rows) as the JSON array
+/// `[id, epoch, seq]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(String, u64, u64)", into = "(String, u64, u64)")]
+pub struct ClosingProducer {
+    /// The `Producer-Id`.
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl From<(String, u64, u64)> for ClosingProducer {
+    fn from((id, epoch, seq): (String, u64, u64)) -> Self {
+        ClosingProducer { id, epoch, seq }
+    }
+}
+
+impl From<ClosingProducer> for (String, u64, u64) {
+    fn from(producer: ClosingProducer) -> Self {
+        (producer.id, producer.epoch, producer.seq)
+    }
+}
+
+/// How a mutation closes its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// A close without producer headers.
+    Plain,
+    /// A close by an idempotent producer's request, remembered with it.
+    By(ClosingProducer),
+}
+
+impl Close {
+    /// The request that closed the stream, if a producer's.
+    pub fn producer(&self) -> Option<&ClosingProducer> {
+        match self {
+            Close::Plain => None,
+            Close::By(producer) => Some(producer),
+        }
+    }
+
+    pub fn into_producer(self) -> Option<ClosingProducer> {
+        match self {
+            Close::Plain => None,
+            Close::By(producer) => Some(producer),
+        }
+    }
+}
 
 /// One request's changes to a stream, applied atomically.
 #[derive(Debug, Default)]
 pub struct Mutation {
     pub data: Option<JsonMessages>,
-    pub producer: Option<(String, ProducerState)>,
+    pub producer: Option<ProducerEntry>,
     pub stream_seq: Option<String>,
-    /// `Some` closes the stream, remembering the closing producer request.
-    pub close: Option<Option<ClosedBy>>,
+    /// `Some` closes the stream.
+    pub close: Option<Close>,
 }
 
 /// Everything an engine recovered about one stream at startup.
@@ -130,8 +188,9 @@ pub struct Recovered {
     pub meta: StreamMeta,
     pub log: Arc<dyn StreamLog>,
     pub closed: bool,
-    pub closed_by: Option<ClosedBy>,
-    pub producers: Vec<(String, ProducerState)>,
+    pub closed_by: Option<ClosingProducer>,
+    /// Each producer's state, by `Producer-Id`.
+    pub producers: HashMap<String, ProducerState>,
     pub last_seq: Option<String>,
     pub soft_deleted: bool,
 }

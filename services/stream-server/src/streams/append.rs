@@ -7,7 +7,7 @@ use crate::protocol::headers::{ProducerHeaders, has_media_type};
 use crate::protocol::json::{self, JsonContext};
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::{self, ProducerCheck, ProducerRejection, ProducerState};
-use crate::storage::{Commit, Mutation};
+use crate::storage::{Close, Commit, Mutation, ProducerEntry};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -170,16 +170,17 @@ impl Streams {
 
         // Every check passed: store the whole request as one mutation.
         let appended = messages.is_some();
-        let closed_by = producer_check
-            .as_ref()
-            .map(|(p, _)| (p.id.clone(), p.epoch, p.seq));
         let mutation = Mutation {
             data: messages,
-            producer: producer_check
-                .as_ref()
-                .map(|(p, next)| (p.id.clone(), *next)),
+            producer: producer_check.map(|(p, next)| ProducerEntry {
+                id: p.id.clone(),
+                state: next,
+            }),
             stream_seq: request.stream_seq.clone(),
-            close: request.close.then(|| closed_by.clone()),
+            close: request.close.then(|| match producer_check {
+                Some((p, _)) => Close::By(closing_producer(p)),
+                None => Close::Plain,
+            }),
         };
         let commit = match state.log.apply(mutation) {
             Ok(commit) => commit,
@@ -196,7 +197,7 @@ impl Streams {
         }
         if request.close {
             state.closed = true;
-            state.closed_by = closed_by.map(closing_producer);
+            state.closed_by = producer_check.map(|(p, _)| p.clone());
         }
         let outcome = AppendOutcome {
             next: state.log.tail(),

@@ -38,7 +38,7 @@ use lifecycle::Removals;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use stream::{ForkOrigin, StreamConfig, StreamState, closing_producer};
+use stream::{ForkOrigin, StreamConfig, StreamState, producer_headers};
 use time::OffsetDateTime;
 
 /// Content type of streams created without one (§5.1).
@@ -118,8 +118,8 @@ impl Streams {
             };
             let tail = recovered.log.tail();
             let state = StreamState {
-                producers: recovered.producers.into_iter().collect(),
-                closed_by: recovered.closed_by.map(closing_producer),
+                producers: recovered.producers,
+                closed_by: recovered.closed_by.map(producer_headers),
                 last_seq: recovered.last_seq,
                 soft_deleted: recovered.soft_deleted,
                 ..StreamState::new(recovered.log, recovered.closed)

@@ -6,7 +6,7 @@ use super::error::StreamError;
 use crate::protocol::headers::ProducerHeaders;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
-use crate::storage::{ClosedBy, StreamLog};
+use crate::storage::{ClosingProducer, StreamLog};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -94,8 +94,18 @@ impl StreamState {
     }
 }
 
+/// A closing producer request as storage remembers it.
+pub(super) fn closing_producer(request: &ProducerHeaders) -> ClosingProducer {
+    ClosingProducer {
+        id: request.id.clone(),
+        epoch: request.epoch,
+        seq: request.seq,
+    }
+}
+
 /// The producer request storage remembers as having closed a stream.
-pub(super) fn closing_producer((id, epoch, seq): ClosedBy) -> ProducerHeaders {
+pub(super) fn producer_headers(closed_by: ClosingProducer) -> ProducerHeaders {
+    let ClosingProducer { id, epoch, seq } = closed_by;
     ProducerHeaders { id, epoch, seq }
 }
 

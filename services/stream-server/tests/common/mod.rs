@@ -7,8 +7,10 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use ds_load::sse::SseParser;
 use futures_util::{Stream, StreamExt};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
@@ -333,24 +335,16 @@ impl RawResponse {
     }
 }
 
-/// One Server-Sent Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The `event:` field (`message` when absent, per the SSE standard).
-    pub event: String,
-    /// Each `data:` line's value, one leading space removed as the SSE
-    /// standard requires.
-    pub lines: Vec<String>,
+/// One Server-Sent Event, as the shared parser (the load tool's) reads it.
+pub use ds_load::sse::SseEvent;
+
+/// The data of a `control` event, parsed.
+pub trait ControlEvent {
+    fn control(&self) -> serde_json::Value;
 }
 
-impl SseEvent {
-    /// The event's data as an SSE client sees it: lines joined with LF.
-    pub fn data(&self) -> String {
-        self.lines.join("\n")
-    }
-
-    /// The data of a `control` event, parsed.
-    pub fn control(&self) -> serde_json::Value {
+impl ControlEvent for SseEvent {
+    fn control(&self) -> serde_json::Value {
         assert_eq!(self.event, "control", "expected a control event: {self:?}");
         serde_json::from_str(&self.data())
             .unwrap_or_else(|e| panic!("control data is not JSON ({e}): {self:?}"))
@@ -362,12 +356,17 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// Reads events from a live `text/event-stream` response body.
 ///
 /// This server ends every line with LF only, so a raw CR anywhere in the
-/// body fails the test (text data must be split on CR into `data:` lines).
+/// body fails the test (text data must be split on CR into `data:` lines);
+/// so does a body that is not UTF-8.
 pub struct SseReader {
     body: ByteStream,
-    buffer: Vec<u8>,
+    parser: SseParser,
+    /// Events parsed but not yet taken.
+    parsed: VecDeque<SseEvent>,
     /// Every byte received, for assertions on the raw framing.
     pub raw: Vec<u8>,
+    /// How much of `raw` is known to be UTF-8.
+    utf8_checked: usize,
 }
 
 impl SseReader {
@@ -379,8 +378,10 @@ impl SseReader {
         );
         SseReader {
             body: Box::pin(response.bytes_stream()),
-            buffer: Vec::new(),
+            parser: SseParser::new(),
+            parsed: VecDeque::new(),
             raw: Vec::new(),
+            utf8_checked: 0,
         }
     }
 
@@ -406,7 +407,7 @@ impl SseReader {
 
     async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
-            if let Some(event) = self.take_event() {
+            if let Some(event) = self.parsed.pop_front() {
                 return Some(event);
             }
             match self.body.next().await {
@@ -417,14 +418,20 @@ impl SseReader {
                         String::from_utf8_lossy(&chunk)
                     );
                     self.raw.extend_from_slice(&chunk);
-                    self.buffer.extend_from_slice(&chunk);
+                    self.check_utf8();
+                    self.parsed.extend(self.parser.feed(&chunk));
                 }
                 Some(Err(e)) => panic!("SSE body failed: {e}"),
                 None => {
                     assert!(
-                        self.buffer.is_empty(),
+                        self.parser.is_idle(),
                         "SSE body ended inside an event: {:?}",
-                        String::from_utf8_lossy(&self.buffer)
+                        String::from_utf8_lossy(&self.raw)
+                    );
+                    assert_eq!(
+                        self.utf8_checked,
+                        self.raw.len(),
+                        "SSE body ends inside a UTF-8 character"
                     );
                     return None;
                 }
@@ -432,28 +439,17 @@ impl SseReader {
         }
     }
 
-    /// Parses one complete event (ended by a blank line) off the buffer.
-    fn take_event(&mut self) -> Option<SseEvent> {
-        let end = self.buffer.windows(2).position(|w| w == b"\n\n")?;
-        let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-        let block = std::str::from_utf8(&block[..end]).expect("SSE event is UTF-8");
-        let mut event = SseEvent {
-            event: "message".to_owned(),
-            lines: Vec::new(),
-        };
-        for line in block.split('\n') {
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => event.event = value.to_owned(),
-                "data" => event.lines.push(value.to_owned()),
-                _ => {}
-            }
+    /// Fails the test unless the body so far is UTF-8, allowing a
+    /// character split by the end of the last chunk.
+    fn check_utf8(&mut self) {
+        match std::str::from_utf8(&self.raw[self.utf8_checked..]) {
+            Ok(_) => self.utf8_checked = self.raw.len(),
+            Err(e) if e.error_len().is_none() => self.utf8_checked += e.valid_up_to(),
+            Err(e) => panic!(
+                "SSE body is not UTF-8 ({e}): {:?}",
+                String::from_utf8_lossy(&self.raw)
+            ),
         }
-        Some(event)
     }
 }
 

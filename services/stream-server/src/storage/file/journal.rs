@@ -470,22 +470,24 @@ mod tests {
 
     /// A data directory with one empty stream log (id 1) and one shard.
     struct Scratch {
-        dir: std::path::PathBuf,
+        dir: tempfile::TempDir,
     }
 
     impl Scratch {
         fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("ds-journal-unit-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(dir.join("streams/1")).expect("stream dir");
-            File::create(dir.join("streams/1").join(LOG_FILE)).expect("log");
-            create_zeroed(&dir.join("shard"), 64 * BLOCK as u64).expect("shard");
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("ds-journal-unit-{name}-"))
+                .tempdir()
+                .expect("scratch dir");
+            let streams = dir.path().join("streams/1");
+            fs::create_dir_all(&streams).expect("stream dir");
+            File::create(streams.join(LOG_FILE)).expect("log");
+            create_zeroed(&dir.path().join("shard"), 64 * BLOCK as u64).expect("shard");
             Scratch { dir }
         }
 
         fn journal(&self, direct: bool) -> Journal {
-            let path = self.dir.join("shard");
+            let path = self.dir.path().join("shard");
             let (file, opened_direct) = if direct {
                 open_shard(&path).expect("open")
             } else {
@@ -506,17 +508,15 @@ mod tests {
         }
 
         fn replay(&self) -> (usize, Vec<u8>) {
-            let shard = File::open(self.dir.join("shard")).expect("shard");
-            let applied = replay_shard(&shard, &self.dir.join("streams"), &mut HashMap::new())
-                .expect("replay");
-            let log = fs::read(self.dir.join("streams/1").join(LOG_FILE)).expect("log");
+            let shard = File::open(self.dir.path().join("shard")).expect("shard");
+            let applied = replay_shard(
+                &shard,
+                &self.dir.path().join("streams"),
+                &mut HashMap::new(),
+            )
+            .expect("replay");
+            let log = fs::read(self.dir.path().join("streams/1").join(LOG_FILE)).expect("log");
             (applied, log)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 

@@ -12,7 +12,7 @@ use super::{FileEngine, LOG_FILE, io, journal};
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
 use crate::storage::chunk::{self, Chunk, RecentChunks};
-use crate::storage::{ClosedBy, Commit, LogSlice, Mutation, StorageError, StreamLog};
+use crate::storage::{ClosingProducer, Commit, LogSlice, Mutation, StorageError, StreamLog};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -89,7 +89,7 @@ impl Writer {
 #[derive(Debug, Default)]
 pub(super) struct Replayed {
     pub(super) closed: bool,
-    pub(super) closed_by: Option<ClosedBy>,
+    pub(super) closed_by: Option<ClosingProducer>,
     pub(super) producers: HashMap<String, ProducerState>,
     pub(super) last_seq: Option<String>,
     pub(super) soft_deleted: bool,
@@ -99,15 +99,15 @@ impl Replayed {
     /// Applies a mutation record's protocol state (its data is indexed by
     /// the caller).
     fn apply(&mut self, record: MutationRecord) {
-        if let Some((id, state)) = record.producer {
-            self.producers.insert(id, state);
+        if let Some(producer) = record.producer {
+            self.producers.insert(producer.id, producer.state);
         }
         if let Some(seq) = record.stream_seq {
             self.last_seq = Some(seq);
         }
-        if record.closes {
+        if let Some(close) = record.close {
             self.closed = true;
-            self.closed_by = record.closed_by;
+            self.closed_by = close.into_producer();
         }
     }
 }

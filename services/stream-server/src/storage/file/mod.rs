@@ -45,7 +45,7 @@ mod syncer;
 pub use log::FileLog;
 
 use super::chunk::RecentChunks;
-use super::{Commit, Engine, Mutation, Recovered, StorageError, StreamLog, StreamMeta};
+use super::{Close, Commit, Engine, Mutation, Recovered, StorageError, StreamLog, StreamMeta};
 use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
 use record::encode_mutation;
@@ -203,7 +203,7 @@ impl Engine for FileEngine {
                 log: Arc::new(log),
                 closed: replayed.closed,
                 closed_by: replayed.closed_by,
-                producers: replayed.producers.into_iter().collect(),
+                producers: replayed.producers,
                 last_seq: replayed.last_seq,
                 soft_deleted: replayed.soft_deleted,
             });
@@ -241,7 +241,7 @@ impl Engine for FileEngine {
         }
         if closed {
             let mutation = Mutation {
-                close: Some(None),
+                close: Some(Close::Plain),
                 ..Mutation::default()
             };
             records.extend(encode_mutation(&mutation, &mut tail));

@@ -20,7 +20,7 @@
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
 use crate::storage::chunk::Chunk;
-use crate::storage::{ClosedBy, Mutation, StorageError};
+use crate::storage::{Close, ClosingProducer, Mutation, ProducerEntry, StorageError};
 use bytes::Bytes;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -85,7 +85,7 @@ pub(super) fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8>
         body.extend_from_slice(&messages.encoded);
         *tail = Offset::new(messages_end, end);
     }
-    if let Some((id, state)) = &mutation.producer {
+    if let Some(ProducerEntry { id, state }) = &mutation.producer {
         flags |= HAS_PRODUCER;
         body.extend_from_slice(&state.epoch.to_le_bytes());
         body.extend_from_slice(&state.last_seq.to_le_bytes());
@@ -95,9 +95,9 @@ pub(super) fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8>
         flags |= HAS_SEQ;
         put_str(&mut body, seq);
     }
-    if let Some(closed_by) = &mutation.close {
+    if let Some(close) = &mutation.close {
         flags |= CLOSES;
-        if let Some((id, epoch, seq)) = closed_by {
+        if let Some(ClosingProducer { id, epoch, seq }) = close.producer() {
             flags |= HAS_CLOSED_BY;
             put_str(&mut body, id);
             body.extend_from_slice(&epoch.to_le_bytes());
@@ -118,10 +118,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 #[derive(Debug, Default)]
 pub(super) struct MutationRecord {
     pub(super) chunk: Option<Chunk>,
-    pub(super) producer: Option<(String, ProducerState)>,
+    pub(super) producer: Option<ProducerEntry>,
     pub(super) stream_seq: Option<String>,
-    pub(super) closes: bool,
-    pub(super) closed_by: Option<ClosedBy>,
+    pub(super) close: Option<Close>,
 }
 
 /// A decoded record body.
@@ -192,19 +191,23 @@ pub(super) fn decode(body: &Bytes) -> Result<Decoded, StorageError> {
             if flags & HAS_PRODUCER != 0 {
                 let epoch = c.u64()?;
                 let last_seq = c.u64()?;
-                record.producer = Some((c.string()?, ProducerState { epoch, last_seq }));
+                record.producer = Some(ProducerEntry {
+                    id: c.string()?,
+                    state: ProducerState { epoch, last_seq },
+                });
             }
             if flags & HAS_SEQ != 0 {
                 record.stream_seq = Some(c.string()?);
             }
             if flags & CLOSES != 0 {
-                record.closes = true;
-                if flags & HAS_CLOSED_BY != 0 {
+                record.close = Some(if flags & HAS_CLOSED_BY != 0 {
                     let id = c.string()?;
                     let epoch = c.u64()?;
                     let seq = c.u64()?;
-                    record.closed_by = Some((id, epoch, seq));
-                }
+                    Close::By(ClosingProducer { id, epoch, seq })
+                } else {
+                    Close::Plain
+                });
             }
             Ok(Decoded::Mutation(record))
         }
@@ -295,43 +298,25 @@ mod tests {
     use super::*;
     use crate::protocol::json::JsonMessages;
     use proptest::prelude::*;
-    use std::fs::OpenOptions;
-    use std::path::PathBuf;
 
     /// A scratch log file, removed on drop.
-    struct ScratchLog {
-        path: PathBuf,
-        file: File,
-    }
+    struct ScratchLog(tempfile::NamedTempFile);
 
     impl ScratchLog {
         fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "ds-record-unit-{name}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
+            let file = tempfile::Builder::new()
+                .prefix(&format!("ds-record-unit-{name}-"))
+                .tempfile()
                 .expect("create scratch log");
-            ScratchLog { path, file }
+            ScratchLog(file)
         }
 
         /// The file, holding exactly `bytes`.
         fn holding(&self, bytes: &[u8]) -> &File {
-            self.file.set_len(0).expect("truncate");
-            self.file.write_all_at(bytes, 0).expect("write");
-            &self.file
-        }
-    }
-
-    impl Drop for ScratchLog {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
+            let file = self.0.as_file();
+            file.set_len(0).expect("truncate");
+            file.write_all_at(bytes, 0).expect("write");
+            file
         }
     }
 
@@ -348,10 +333,9 @@ mod tests {
     /// Everything a decoded mutation record holds, comparable.
     type Fields = (
         Option<(u64, u64, Vec<u32>, Vec<u8>)>,
-        Option<(String, ProducerState)>,
+        Option<ProducerEntry>,
         Option<String>,
-        bool,
-        Option<ClosedBy>,
+        Option<Close>,
     );
 
     /// What decoding `mutation`'s record, appended at `tail`, must give.
@@ -364,8 +348,7 @@ mod tests {
             chunk,
             mutation.producer.clone(),
             mutation.stream_seq.clone(),
-            mutation.close.is_some(),
-            mutation.close.clone().flatten(),
+            mutation.close.clone(),
         )
     }
 
@@ -379,8 +362,7 @@ mod tests {
                 .map(|c| (c.messages_end, c.end, c.ends, c.data.to_vec())),
             record.producer,
             record.stream_seq,
-            record.closes,
-            record.closed_by,
+            record.close,
         )
     }
 
@@ -393,15 +375,19 @@ mod tests {
     fn a_record_is_length_checksum_then_body() {
         let mutation = Mutation {
             data: Some(messages(&[b"ab", b"c"])),
-            producer: Some((
-                "p".into(),
-                ProducerState {
+            producer: Some(ProducerEntry {
+                id: "p".into(),
+                state: ProducerState {
                     epoch: 2,
                     last_seq: 3,
                 },
-            )),
+            }),
             stream_seq: Some("s".into()),
-            close: Some(Some(("p".into(), 2, 3))),
+            close: Some(Close::By(ClosingProducer {
+                id: "p".into(),
+                epoch: 2,
+                seq: 3,
+            })),
         };
         let mut tail = Offset::new(1, 10);
         let record = encode_mutation(&mutation, &mut tail);
@@ -448,13 +434,13 @@ mod tests {
     #[test]
     fn a_close_without_a_producer_has_no_closing_request() {
         let mutation = Mutation {
-            close: Some(None),
+            close: Some(Close::Plain),
             ..Mutation::default()
         };
         let mut tail = Offset::ZERO;
         let record = encode_mutation(&mutation, &mut tail);
         let decoded = decode(&Bytes::copy_from_slice(&record[HEADER..])).expect("decode");
-        assert_eq!(fields(decoded), (None, None, None, true, None));
+        assert_eq!(fields(decoded), (None, None, None, Some(Close::Plain)));
         assert_eq!(tail, Offset::ZERO);
     }
 
@@ -509,14 +495,20 @@ mod tests {
     }
 
     fn arbitrary_mutation() -> impl Strategy<Value = Mutation> {
-        let producer = (string(), any::<u64>(), any::<u64>())
-            .prop_map(|(id, epoch, last_seq)| (id, ProducerState { epoch, last_seq }));
-        let closed_by = (string(), any::<u64>(), any::<u64>());
+        let producer = (string(), any::<u64>(), any::<u64>()).prop_map(|(id, epoch, last_seq)| {
+            ProducerEntry {
+                id,
+                state: ProducerState { epoch, last_seq },
+            }
+        });
+        let closed_by = (string(), any::<u64>(), any::<u64>())
+            .prop_map(|(id, epoch, seq)| ClosingProducer { id, epoch, seq });
+        let close = prop_oneof![Just(Close::Plain), closed_by.prop_map(Close::By),];
         (
             prop::option::of(arbitrary_messages()),
             prop::option::of(producer),
             prop::option::of(string()),
-            prop::option::of(prop::option::of(closed_by)),
+            prop::option::of(close),
         )
             .prop_map(|(data, producer, stream_seq, close)| Mutation {
                 data,

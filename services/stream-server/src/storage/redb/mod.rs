@@ -71,6 +71,7 @@ use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
 use ::redb::{Database, ReadableTable};
 use rows::ChunkHeader;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,14 +169,14 @@ impl Engine for RedbEngine {
                 }
                 None => record.base,
             };
-            let mut states = Vec::new();
+            let mut states = HashMap::new();
             for row in producers
                 .range((record.id, "")..(record.id + 1, ""))
                 .map_err(io)?
             {
                 let (key, value) = row.map_err(io)?;
                 let (epoch, last_seq) = value.value();
-                states.push((key.value().1.to_owned(), ProducerState { epoch, last_seq }));
+                states.insert(key.value().1.to_owned(), ProducerState { epoch, last_seq });
             }
             self.next_id.fetch_max(record.id + 1, Ordering::Relaxed);
             recovered.push(Recovered {

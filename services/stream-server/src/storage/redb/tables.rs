@@ -4,7 +4,7 @@
 
 use super::io;
 use crate::protocol::offset::Offset;
-use crate::storage::{ClosedBy, StorageError, StreamMeta};
+use crate::storage::{ClosingProducer, StorageError, StreamMeta};
 use ::redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -33,7 +33,8 @@ pub(super) struct StreamRecord {
     pub(super) base: Offset,
     pub(super) meta: StreamMeta,
     pub(super) closed: bool,
-    pub(super) closed_by: Option<ClosedBy>,
+    /// Serialised as `[id, epoch, seq]` (or `null`).
+    pub(super) closed_by: Option<ClosingProducer>,
     pub(super) last_seq: Option<String>,
     pub(super) soft_deleted: bool,
 }

@@ -1,28 +1,23 @@
 //! Tests of the acid engine as a whole: reads across settled and
 //! unsettled appends, settling in steps and stream by stream, removal
-//! mid-settle, reopening, and upgrading older formats.
+//! mid-settle, reopening, upgrading older formats, and the `streams` row's
+//! stored form.
 
-use super::tables::{CHUNKS, DB_FILE, FORMAT, FORMAT_V1, FORMAT_V2, META, RECENT, RECENT_B};
+use super::tables::{
+    CHUNKS, DB_FILE, FORMAT, FORMAT_V1, FORMAT_V2, META, RECENT, RECENT_B, StreamRecord,
+};
 use super::writer::DIRECT_BYTES;
 use super::*;
-use crate::storage::{ExpiryRecord, Mutation};
+use crate::storage::{ClosingProducer, ExpiryRecord, Mutation};
 use ::redb::ReadableTableMetadata;
+use tempfile::TempDir;
 
 /// A scratch data directory, removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ds-redb-unit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ds-redb-unit-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn meta() -> StreamMeta {
@@ -116,9 +111,9 @@ fn bodies(count: usize) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn reads_see_settled_and_unsettled_appends_in_order() {
-    let scratch = Scratch::new("merge");
+    let scratch = scratch("merge");
     // No tail cache: every read goes to the tables.
-    let engine = RedbEngine::open(&scratch.0, 4)
+    let engine = RedbEngine::open(scratch.path(), 4)
         .expect("open")
         .with_tail_cache(0);
     let log = create_stream(&engine, "s").await;
@@ -145,16 +140,16 @@ async fn reads_see_settled_and_unsettled_appends_in_order() {
 
 #[tokio::test]
 async fn opening_settles_what_a_previous_run_left_in_recent() {
-    let scratch = Scratch::new("reopen");
+    let scratch = scratch("reopen");
     let bodies = bodies(6);
     let tail = {
-        let engine = RedbEngine::open(&scratch.0, 1000).expect("open");
+        let engine = RedbEngine::open(scratch.path(), 1000).expect("open");
         let log = create_stream(&engine, "s").await;
         append_all(&log, &bodies).await;
         assert_eq!(table_rows(&engine.db), (6, 0));
         log.tail()
     };
-    let engine = reopen(&scratch.0, 1000);
+    let engine = reopen(scratch.path(), 1000);
     assert_eq!(table_rows(&engine.db), (0, 6));
     let recovered = engine.recover().expect("recover");
     let log = &recovered[0].log;
@@ -167,13 +162,13 @@ async fn opening_settles_what_a_previous_run_left_in_recent() {
 
 #[tokio::test]
 async fn a_full_table_is_settled_a_step_per_transaction_while_the_other_fills() {
-    let scratch = Scratch::new("steps");
+    let scratch = scratch("steps");
     let bodies = bodies(18);
     {
         // Eight rows fill a table; one-append groups then settle two
         // rows each (a share of eight rounds up to one; twice the
         // group's one row is two).
-        let engine = RedbEngine::open(&scratch.0, 8)
+        let engine = RedbEngine::open(scratch.path(), 8)
             .expect("open")
             .with_tail_cache(0);
         let log = create_stream(&engine, "s").await;
@@ -204,7 +199,7 @@ async fn a_full_table_is_settled_a_step_per_transaction_while_the_other_fills() 
         assert_eq!(each_table_rows(&engine.db), (2, 8, 12));
         assert_eq!(read_all(&log), bodies.concat());
     }
-    let engine = reopen(&scratch.0, 8);
+    let engine = reopen(scratch.path(), 8);
     assert_eq!(each_table_rows(&engine.db), (0, 0, 18));
     let recovered = engine.recover().expect("recover");
     assert_eq!(read_all(&recovered[0].log), bodies.concat());
@@ -212,8 +207,8 @@ async fn a_full_table_is_settled_a_step_per_transaction_while_the_other_fills() 
 
 #[tokio::test]
 async fn a_settle_moves_rows_stream_by_stream() {
-    let scratch = Scratch::new("by-stream");
-    let engine = RedbEngine::open(&scratch.0, 8)
+    let scratch = scratch("by-stream");
+    let engine = RedbEngine::open(scratch.path(), 8)
         .expect("open")
         .with_tail_cache(0);
     let mut logs = Vec::new();
@@ -250,8 +245,8 @@ async fn a_settle_moves_rows_stream_by_stream() {
 
 #[tokio::test]
 async fn removal_mid_settle_clears_both_recent_tables() {
-    let scratch = Scratch::new("remove-mid-settle");
-    let engine = RedbEngine::open(&scratch.0, 8)
+    let scratch = scratch("remove-mid-settle");
+    let engine = RedbEngine::open(scratch.path(), 8)
         .expect("open")
         .with_tail_cache(0);
     let log = create_stream(&engine, "s").await;
@@ -274,8 +269,8 @@ async fn removal_mid_settle_clears_both_recent_tables() {
 
 #[tokio::test]
 async fn large_appends_skip_recent_and_removal_clears_both_tables() {
-    let scratch = Scratch::new("large");
-    let engine = RedbEngine::open(&scratch.0, 1000)
+    let scratch = scratch("large");
+    let engine = RedbEngine::open(scratch.path(), 1000)
         .expect("open")
         .with_tail_cache(0);
     let log = create_stream(&engine, "s").await;
@@ -303,10 +298,9 @@ async fn large_appends_skip_recent_and_removal_clears_both_tables() {
 #[tokio::test]
 async fn version_1_and_2_databases_are_upgraded_in_place() {
     for old in [FORMAT_V1, FORMAT_V2] {
-        let scratch = Scratch::new("upgrade");
-        std::fs::create_dir_all(&scratch.0).expect("create the data directory");
+        let scratch = scratch("upgrade");
         {
-            let db = Database::create(scratch.0.join(DB_FILE)).expect("create");
+            let db = Database::create(scratch.path().join(DB_FILE)).expect("create");
             let txn = db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
@@ -325,7 +319,7 @@ async fn version_1_and_2_databases_are_upgraded_in_place() {
             }
             txn.commit().expect("commit");
         }
-        let engine = RedbEngine::open(&scratch.0, 1000).expect("open an old directory");
+        let engine = RedbEngine::open(scratch.path(), 1000).expect("open an old directory");
         let txn = engine.db.begin_read().expect("read");
         let meta = txn.open_table(META).expect("meta");
         let format = meta.get("format").expect("get").expect("a format");
@@ -333,4 +327,39 @@ async fn version_1_and_2_databases_are_upgraded_in_place() {
         let settled = u64::from(old == FORMAT_V2);
         assert_eq!(each_table_rows(&engine.db), (0, 0, settled), "from {old}");
     }
+}
+
+/// A `streams` row keeps the closing producer request as the array
+/// `[id, epoch, seq]` it has always been stored as, and reads it back.
+#[test]
+fn the_closing_producer_is_stored_as_an_array() {
+    let record = StreamRecord {
+        id: 1,
+        base: Offset::ZERO,
+        meta: meta(),
+        closed: true,
+        closed_by: Some(ClosingProducer {
+            id: "p".into(),
+            epoch: 2,
+            seq: 7,
+        }),
+        last_seq: None,
+        soft_deleted: false,
+    };
+    let mut row = serde_json::to_value(&record).expect("serialise");
+    assert_eq!(row["closed_by"], serde_json::json!(["p", 2, 7]));
+    let read: StreamRecord = serde_json::from_value(row.clone()).expect("deserialise");
+    assert_eq!(read.closed_by, record.closed_by);
+
+    row["closed_by"] = serde_json::Value::Null;
+    let read: StreamRecord = serde_json::from_value(row).expect("deserialise");
+    assert_eq!(read.closed_by, None);
+    let open = StreamRecord {
+        closed_by: None,
+        ..record
+    };
+    assert_eq!(
+        serde_json::to_value(&open).expect("serialise")["closed_by"],
+        serde_json::Value::Null
+    );
 }

@@ -10,7 +10,7 @@ use super::rows::RECENT_PREFIX;
 use super::settle::{self, Drain, SETTLE_BYTES, Step, Unsettled, UnsettledIndex};
 use super::tables::{CHUNKS, PRODUCERS, RecentTable, STREAMS, StreamRecord};
 use crate::protocol::producer::ProducerState;
-use crate::storage::{ClosedBy, Commit, StorageError};
+use crate::storage::{Close, Commit, ProducerEntry, StorageError};
 use ::redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
@@ -43,9 +43,9 @@ pub(super) enum Op {
         unsettled: Arc<UnsettledIndex>,
         /// End byte and `recent` value of the appended data.
         chunk: Option<(u64, Vec<u8>)>,
-        producer: Option<(String, ProducerState)>,
+        producer: Option<ProducerEntry>,
         stream_seq: Option<String>,
-        close: Option<Option<ClosedBy>>,
+        close: Option<Close>,
     },
     SoftDelete {
         path: String,
@@ -241,17 +241,17 @@ impl<'db> Writer<'db> {
                     if let Some((end, value)) = chunk {
                         self.write_chunk(&mut tables, *id, unsettled, *end, value)?;
                     }
-                    if let Some((producer_id, state)) = producer {
-                        tables.put_producer(*id, producer_id, *state)?;
+                    if let Some(producer) = producer {
+                        tables.put_producer(*id, &producer.id, producer.state)?;
                     }
                     if stream_seq.is_some() || close.is_some() {
                         tables.update_record(path, |record| {
                             if let Some(seq) = stream_seq {
                                 record.last_seq = Some(seq.clone());
                             }
-                            if let Some(closed_by) = close {
+                            if let Some(close) = close {
                                 record.closed = true;
-                                record.closed_by = closed_by.clone();
+                                record.closed_by = close.producer().cloned();
                             }
                         })?;
                     }

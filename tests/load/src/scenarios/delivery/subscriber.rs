@@ -319,15 +319,15 @@ impl Subscriber {
 
     fn handle_event(&self, state: &mut Progression, event: SseEvent) {
         state.session_events += 1;
+        let data = event.data();
         match event.event.as_str() {
-            "data" => state.receive(self.index, &self.shared, &event.data),
-            "control" => match control_offset(&event.data) {
+            "data" => state.receive(self.index, &self.shared, &data),
+            "control" => match control_offset(&data) {
                 Some(offset) => state.offset = offset,
                 None => {
                     self.shared.counters.add_error();
                     state.tally.errors.record_protocol(format!(
-                        "control event without streamNextOffset: {:.80}",
-                        event.data
+                        "control event without streamNextOffset: {data:.80}"
                     ));
                 }
             },
