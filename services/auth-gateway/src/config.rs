@@ -491,8 +491,8 @@ mod tests {
         jwt.key = Some(pem.clone());
         jwt.keys().expect("inline PEM");
         assert!(!format!("{jwt:?}").contains("PRIVATE"));
-        let dir = std::env::temp_dir().join(format!("gw-key-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let dir = dir.path();
         let file = dir.join("secret");
         std::fs::write(&file, format!("{}\n", "s".repeat(32))).expect("write");
         let hs = JwtConfig {
@@ -504,6 +504,5 @@ mod tests {
         hs.keys().expect("32-byte secret with a trailing newline");
         jwt.key_file = Some(dir.join("missing"));
         assert!(jwt.keys().unwrap_err().to_string().contains("both set"));
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
