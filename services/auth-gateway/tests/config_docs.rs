@@ -8,9 +8,6 @@ use std::path::Path;
 #[test]
 fn documented_defaults_are_the_real_ones() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let read = |name: &str| {
-        std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_auth-gateway"))
         .arg("--help")
         .output()
@@ -19,17 +16,7 @@ fn documented_defaults_are_the_real_ones() {
     let mut defaults = documented::defaults(&auth_gateway::config::Config::default(), "GW_");
     // Read as DATABASE_URL, without the prefix, and required (no default).
     defaults.remove("GW_DATABASE_URL");
-    let documents = [
-        (
-            "--help",
-            documented::from_help(&String::from_utf8_lossy(&help.stdout)),
-        ),
-        (
-            ".env.sample",
-            documented::from_env_file(&read(".env.sample")),
-        ),
-        ("README.md", documented::from_readme(&read("README.md"))),
-    ];
-    let problems = documented::mismatches(&defaults, &documents, "GW_", &["GW_CONFIG"]);
+    let problems =
+        documented::check_documents(&root, &help.stdout, &defaults, "GW_", &["GW_CONFIG"]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

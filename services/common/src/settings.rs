@@ -153,6 +153,27 @@ pub mod documented {
         problems
     }
 
+    /// [`mismatches`] between `defaults` and the three documents of a
+    /// service: its `--help` output, and `.env.sample` and `README.md` in
+    /// the repository at `root`.
+    pub fn check_documents(
+        root: &std::path::Path,
+        help: &[u8],
+        defaults: &BTreeMap<String, Option<String>>,
+        prefix: &str,
+        known_elsewhere: &[&str],
+    ) -> Vec<String> {
+        let read = |name: &str| {
+            std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| format!("<{name}: {e}>"))
+        };
+        let documents = [
+            ("--help", from_help(&String::from_utf8_lossy(help))),
+            (".env.sample", from_env_file(&read(".env.sample"))),
+            ("README.md", from_readme(&read("README.md"))),
+        ];
+        mismatches(defaults, &documents, prefix, known_elsewhere)
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;

@@ -8,26 +8,13 @@ use std::path::Path;
 #[test]
 fn documented_defaults_are_the_real_ones() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let read = |name: &str| {
-        std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_stream-server"))
         .arg("--help")
         .output()
         .expect("run --help");
     assert!(help.status.success());
     let defaults = documented::defaults(&stream_server::config::Config::default(), "DS_");
-    let documents = [
-        (
-            "--help",
-            documented::from_help(&String::from_utf8_lossy(&help.stdout)),
-        ),
-        (
-            ".env.sample",
-            documented::from_env_file(&read(".env.sample")),
-        ),
-        ("README.md", documented::from_readme(&read("README.md"))),
-    ];
-    let problems = documented::mismatches(&defaults, &documents, "DS_", &["DS_CONFIG"]);
+    let problems =
+        documented::check_documents(&root, &help.stdout, &defaults, "DS_", &["DS_CONFIG"]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
