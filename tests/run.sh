@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI runs it:
-#   formatting, lints, the Rust test suites, and the published conformance
-#   suite against stream-server in every storage mode and through auth-gateway.
+#   formatting, lints, the Rust test suites, the published conformance
+#   suite against stream-server in every storage mode and through auth-gateway,
+#   the Kubernetes manifests' checks and the Docker stack test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,3 +46,17 @@ step "conformance suite"
 for mode in ${CONFORMANCE_MODES:-memory file-fast file-durable acid gateway}; do
   tests/conformance/run.sh "$mode"
 done
+
+step "Kubernetes manifests (tests/deploy/run.sh)"
+# Renders deploy/ and checks it without a cluster; installs its Python
+# tools into target/deploy on first use.
+tests/deploy/run.sh
+
+step "the Docker stack (tests/stack/run.sh)"
+# Installs and starts a Docker engine and Compose when missing (as root or
+# with sudo). SKIP_STACK=1 skips it where no engine can run.
+if [ "${SKIP_STACK:-0}" = 1 ]; then
+  echo "skipped: SKIP_STACK=1"
+else
+  tests/stack/run.sh
+fi

@@ -5,7 +5,8 @@
 #
 # MODE is a storage mode (memory, file-fast, file-durable, acid; default
 # memory), or `gateway`: stream-server (memory) behind auth-gateway, with the
-# suite sending a token that holds read, write and delete on every stream.
+# suite sending a token that holds read, write, delete and subscribe on every
+# stream.
 # The gateway mode needs Postgres at DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres); it creates and drops a scratch
 # database there when psql is available.
@@ -84,11 +85,17 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
   [ "$profile" = "release" ] && cargo_flags+=(--release)
   (cd "$root" && cargo build --quiet "${packages[@]}" "${cargo_flags[@]}")
 
+  # The suite's webhook receivers listen on 127.0.0.1 over http; behind
+  # the gateway, callback URLs must name the gateway (X-Forwarded-Host).
+  trust_forwarded=false
+  [ "$mode" = "gateway" ] && trust_forwarded=true
   server_url=""
   start server_url stream-server "$work_dir/stream-server.log" env \
     DS_SERVER__HOST=127.0.0.1 \
     DS_SERVER__PORT=0 \
     DS_SERVER__LONG_POLL_TIMEOUT_SECS=1 \
+    DS_SUBSCRIPTIONS__ALLOW_INSECURE_LOCAL_WEBHOOKS=true \
+    DS_HTTP__TRUST_FORWARDED_HEADERS="$trust_forwarded" \
     DS_STORAGE__MODE="$storage" \
     DS_STORAGE__DATA_DIR="$work_dir/data" \
     RUST_LOG="${RUST_LOG:-stream_server=info}" \
@@ -110,7 +117,7 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
     export DATABASE_URL="$gateway_db_url" GW_JWT__KEY_FILE="$work_dir/gateway-key.pem"
     "$gateway" migrate
     CONFORMANCE_TOKEN="$("$gateway" token create --subject conformance \
-      --scope read --scope write --scope delete --stream '**' --ttl 2h \
+      --scope read --scope write --scope delete --scope subscribe --stream '**' --ttl 2h \
       --description "conformance run")"
     export CONFORMANCE_TOKEN
     start CONFORMANCE_BASE_URL auth-gateway "$work_dir/auth-gateway.log" env \
@@ -125,6 +132,8 @@ if [ -z "${CONFORMANCE_BASE_URL:-}" ]; then
   export CONFORMANCE_BASE_URL
 fi
 
+# The subscription tests (§6–7) run unless CONFORMANCE_SUBSCRIPTIONS=0.
+export CONFORMANCE_SUBSCRIPTIONS="${CONFORMANCE_SUBSCRIPTIONS:-1}"
 cd "$here"
 log_file="$work_dir/vitest.log"
 status=0
@@ -137,6 +146,14 @@ summary="$(grep -E '^\s*Tests\s' "$log_file" || true)"
 passed="$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
 failed="$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
 skipped="$(grep -oE '[0-9]+ skipped' <<<"$summary" | grep -oE '[0-9]+' || echo 0)"
+if [ "$failed" != 0 ] || [ "$status" != 0 ]; then
+  # What the services said (a crash, a refusal) is often the answer.
+  for log in "$work_dir"/stream-server.log "$work_dir"/auth-gateway.log; do
+    [ -f "$log" ] || continue
+    echo "conformance: the last lines of $(basename "$log"):"
+    tail -n 40 "$log"
+  done
+fi
 echo "conformance ($mode): $passed passed, $failed failed, $skipped skipped"
 if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
   echo "conformance: the suite ran no test" >&2

@@ -5,13 +5,13 @@
 //! `TOKEN=$(auth-gateway token create ...)` works; everything else a
 //! command has to say goes to stderr.
 
-use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
 use crate::auth::token::generate_ed25519_pem;
 use crate::config::{Config, environment_help};
 use crate::tokens::issuer::{Authority, Issuer, TokenInfo, TokenRequest};
 use crate::tokens::store::{Reach, TokenStore};
 use clap::{Parser, Subcommand};
+use service_common::stream_pattern::StreamPattern;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ pub enum Command {
     Migrate,
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for GW_JWT__KEY_FILE.
     Keygen,
+    /// Exit 0 if the gateway on this machine's configured port is ready
+    /// (`GET /readyz`), for container health checks.
+    Healthcheck,
     /// Issue, list and revoke tokens.
     Token {
         #[command(subcommand)]
@@ -54,7 +57,7 @@ pub enum TokenCommand {
         /// Who the token is for; forwarded upstream as X-Auth-Subject.
         #[arg(long)]
         subject: String,
-        /// read, write, delete or admin; repeat for several.
+        /// read, write, delete, admin or subscribe; repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<Scope>,
         /// Stream path pattern ('*' one segment, '**' any); repeat for several.
@@ -101,9 +104,9 @@ async fn connect(config: &Config) -> Result<TokenStore, CommandError> {
 /// Runs an administrative command (anything but `serve`).
 pub async fn run(config: &Config, command: Command) -> Result<(), CommandError> {
     match command {
-        Command::Serve => Err(CommandError(
-            "serve is not an administrative command".into(),
-        )),
+        Command::Serve | Command::Healthcheck => {
+            Err(CommandError("not an administrative command".into()))
+        }
         Command::Keygen => {
             print!("{}", generate_ed25519_pem().map_err(fail)?);
             Ok(())
@@ -272,6 +275,8 @@ mod tests {
             "read",
             "--scope",
             "write",
+            "--scope",
+            "subscribe",
             "--stream",
             "chat/**",
             "--ttl",
@@ -288,7 +293,7 @@ mod tests {
                         ..
                     },
             }) => {
-                assert_eq!(scopes, vec![Scope::Read, Scope::Write]);
+                assert_eq!(scopes, vec![Scope::Read, Scope::Write, Scope::Subscribe]);
                 assert_eq!(streams.len(), 1);
                 assert_eq!(ttl, Duration::from_secs(90 * 60));
             }

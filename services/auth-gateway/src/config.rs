@@ -244,11 +244,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        positive_seconds(
-            "server.shutdown_grace_secs",
+        service_common::config::check_serving(
             self.server.shutdown_grace_secs,
+            &self.server.connections,
         )?;
-        self.server.connections.validate()?;
         positive_seconds(
             "upstream.pool_idle_timeout_secs",
             self.upstream.pool_idle_timeout_secs,
@@ -283,11 +282,17 @@ impl Config {
                 });
             }
         }
-        if !self.http.stream_base_path.starts_with('/') || self.http.stream_base_path.ends_with('/')
-        {
+        service_common::stream_path::validate_base(&self.http.stream_base_path).map_err(|e| {
+            ConfigError::Invalid {
+                key: "http.stream_base_path",
+                reason: e.to_string(),
+            }
+        })?;
+        let base = &self.http.stream_base_path;
+        if base == "/admin" || base.starts_with("/admin/") {
             return Err(ConfigError::Invalid {
                 key: "http.stream_base_path",
-                reason: "must start with '/' and not end with '/'".into(),
+                reason: format!("must lie outside /admin, the admin API's prefix, got {base:?}"),
             });
         }
         if self.limits.max_path_bytes == 0 || self.limits.max_path_segments == 0 {
@@ -414,6 +419,24 @@ mod tests {
         assert!(environment_help().contains("GW_UPSTREAM__URL"));
         assert!(config.database_url().is_err(), "DATABASE_URL is required");
         assert!(environment_help().contains("GW_UPSTREAM__POOL_IDLE_TIMEOUT_SECS "));
+    }
+
+    #[test]
+    fn stream_base_paths_that_routing_cannot_tell_apart_are_refused() {
+        for base in ["/admin", "/admin/streams", "/v1/{x}", "/v1/stream/"] {
+            let mut config = Config::default();
+            config.http.stream_base_path = base.into();
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(
+                refused.contains("http.stream_base_path"),
+                "{base}: {refused}"
+            );
+        }
+        let mut config = Config::default();
+        config.http.stream_base_path = "/administrators".into();
+        config
+            .validate()
+            .expect("only the /admin prefix is reserved");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! challenges.
 
 use crate::auth::scope::Scope;
+use crate::auth::subscription::{BodyError, OutsideReach};
 use crate::tokens::issuer::IssueError;
 use crate::tokens::store::StoreError;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,10 @@ const REALM: &str = "durable-streams";
 
 /// All a client learns of why its token was refused; the reason is logged.
 const INVALID_TOKEN: &str = "the bearer token is invalid";
+
+/// All a client learns of why a subscription was refused: the streams it
+/// names may be another tenant's.
+const OUTSIDE_REACH: &str = "the subscription reaches streams outside this token";
 
 /// Why the gateway refused or could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,11 @@ pub enum GatewayError {
     /// 403: the token is valid but lacks the scope on this stream.
     #[error("token lacks the {scope} scope on {target}")]
     InsufficientScope { scope: Scope, target: String },
+    /// 403: the subscription asked for or acted on reaches streams outside
+    /// the token (see `auth::subscription`). The reason is logged; the
+    /// client is told only that.
+    #[error("subscription outside the token: {0}")]
+    OutsideReach(#[from] OutsideReach),
     /// 403: an admin token asked for a token with more rights than its own.
     #[error("the new token would exceed the rights of the token issuing it")]
     ExceedsIssuer,
@@ -52,6 +62,10 @@ pub enum GatewayError {
     /// 400: the request is malformed (bad admin input).
     #[error("{0}")]
     BadRequest(String),
+    /// 400: a subscription body the gateway cannot check, so it does not
+    /// forward it.
+    #[error(transparent)]
+    SubscriptionBody(#[from] BodyError),
     /// 400: the stream path or fork source cannot name a stream.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -76,15 +90,16 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InvalidRequest(_)
             | GatewayError::BadRequest(_)
+            | GatewayError::SubscriptionBody(_)
             | GatewayError::Path(_) => StatusCode::BAD_REQUEST,
-            GatewayError::InsufficientScope { .. } | GatewayError::ExceedsIssuer => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::InsufficientScope { .. }
+            | GatewayError::OutsideReach(_)
+            | GatewayError::ExceedsIssuer => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -104,6 +119,7 @@ impl GatewayError {
     fn detail(&self) -> std::borrow::Cow<'_, str> {
         match self {
             GatewayError::InvalidToken(_) => INVALID_TOKEN.into(),
+            GatewayError::OutsideReach(_) => OUTSIDE_REACH.into(),
             GatewayError::Store(_) => GatewayError::AuthUnavailable.to_string().into(),
             other => other.to_string().into(),
         }
@@ -120,6 +136,7 @@ impl GatewayError {
                 "the token lacks the scope for this request",
                 Some(scope.as_str()),
             ),
+            GatewayError::OutsideReach(_) => ("insufficient_scope", OUTSIDE_REACH, None),
             _ => return None,
         };
         let mut challenge = format!(
@@ -211,6 +228,25 @@ mod tests {
         let challenge = header(&response, header::WWW_AUTHENTICATE);
         assert!(challenge.contains(r#"error="insufficient_scope""#));
         assert!(challenge.contains(r#"scope="write""#));
+    }
+
+    #[test]
+    fn subscription_refusals_name_no_streams() {
+        let response = GatewayError::OutsideReach(OutsideReach::Stream("tenant-b/payroll".into()))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(header(&response, header::WWW_AUTHENTICATE).contains("insufficient_scope"));
+        let reason = &response
+            .extensions()
+            .get::<service_common::problem::Refusal>()
+            .expect("refusal")
+            .reason;
+        assert!(reason.contains("tenant-b/payroll"), "the log says why");
+        assert!(
+            !GatewayError::OutsideReach(OutsideReach::Stream("tenant-b/payroll".into()))
+                .detail()
+                .contains("tenant-b")
+        );
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!
 //! * [`auth`] — who is calling and what they may do: credentials, JWTs,
 //!   the authenticator and its revocation, grants, scopes, stream patterns,
-//!   rate limits.
+//!   rate limits, the subscriptions a token reaches.
 //! * [`tokens`] — the token table in Postgres and issuing tokens.
-//! * [`http`] — the routes: streams, `/admin/tokens`, health and readiness;
-//!   the extractors that authenticate them.
+//! * [`http`] — the routes: streams, the reserved `__ds` control routes
+//!   (subscriptions), `/admin/tokens`, health and readiness; the extractors
+//!   that authenticate them.
 //! * [`proxy`] — the streaming reverse proxy to stream-server, and bodies
 //!   that end when their token does.
 //! * [`error`] — every refusal as an HTTP response, in one place.
+//! * [`telemetry`] — the auth and upstream spans, and the gateway's metrics.
 //! * [`config`], [`cli`], [`server`] — settings, the command line, running
 //!   it (the accept loop is shared with stream-server).
 
@@ -26,4 +28,5 @@ pub mod error;
 pub mod http;
 pub mod proxy;
 pub mod server;
+pub mod telemetry;
 pub mod tokens;

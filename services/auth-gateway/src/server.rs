@@ -9,7 +9,7 @@ use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, ConfigError};
 use crate::http::readiness::Readiness;
 use crate::http::{App, Gateway, SharedGateway};
-use crate::proxy::{ClientIp, Upstream};
+use crate::proxy::Upstream;
 use crate::tokens::store::{StoreError, TokenStore};
 use service_common::serve::BindError;
 use service_common::serve::Options;
@@ -128,6 +128,6 @@ pub async fn serve_app(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) {
-    let for_client = |peer: SocketAddr| app.for_client(Some(ClientIp::new(peer.ip())));
+    let for_client = |peer: SocketAddr| app.for_client(Some(peer.ip()));
     service_common::serve::serve(listener, options, for_client, shutdown).await;
 }

@@ -68,3 +68,14 @@ where
 pub fn positive_seconds(key: &'static str, secs: f64) -> Result<(), ConfigError> {
     crate::settings::positive_seconds(secs).map_err(|reason| ConfigError::Invalid { key, reason })
 }
+
+/// Checks the serving settings both services have, under the same keys:
+/// the shutdown grace period and the connection limits.
+pub fn check_serving(
+    shutdown_grace_secs: f64,
+    connections: &ConnectionLimits,
+) -> Result<(), ConfigError> {
+    positive_seconds("server.shutdown_grace_secs", shutdown_grace_secs)?;
+    connections.validate()?;
+    Ok(())
+}

@@ -3,6 +3,11 @@
 
 use http::HeaderName;
 
+/// The query parameter that may carry a bearer token where a header cannot
+/// (browsers' `EventSource`): the gateway accepts it, and telemetry never
+/// shows its value.
+pub const ACCESS_TOKEN_QUERY: &str = "access_token";
+
 pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
 pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
 pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
@@ -21,8 +26,14 @@ pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
 pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
 pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
 
+/// W3C Trace Context: the caller's trace, continued by the services.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// W3C Trace Context Level 2: the trace and span that served a request.
+pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
 /// Protocol request headers a browser may send (answered in preflights).
-pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 13] = [
+pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 15] = [
     http::header::CONTENT_TYPE,
     http::header::IF_NONE_MATCH,
     http::header::AUTHORIZATION,
@@ -36,10 +47,12 @@ pub const PROTOCOL_REQUEST_HEADERS: [HeaderName; 13] = [
     PRODUCER_ID,
     PRODUCER_EPOCH,
     PRODUCER_SEQ,
+    TRACEPARENT,
+    TRACESTATE,
 ];
 
 /// Protocol response headers a browser client may need to read.
-pub const PROTOCOL_RESPONSE_HEADERS: [HeaderName; 14] = [
+pub const PROTOCOL_RESPONSE_HEADERS: [HeaderName; 15] = [
     STREAM_NEXT_OFFSET,
     STREAM_UP_TO_DATE,
     STREAM_CURSOR,
@@ -54,4 +67,5 @@ pub const PROTOCOL_RESPONSE_HEADERS: [HeaderName; 14] = [
     http::header::ETAG,
     http::header::LOCATION,
     http::header::CONTENT_TYPE,
+    TRACERESPONSE,
 ];

@@ -13,10 +13,13 @@
 //! * [`shutdown`] — the SIGINT / SIGTERM signal;
 //! * [`config`] — loading settings (defaults, TOML, environment);
 //! * [`settings`] — checks shared by both configurations;
-//! * [`telemetry`] — logging setup;
+//! * [`middleware`] — what both services wrap their routes in;
+//! * [`telemetry`] — logs, and traces and metrics over OTLP;
 //! * [`stream_path`] — what names a stream: URL paths and fork sources,
 //!   resolved the same way by the gateway that authorises and the server
-//!   that acts.
+//!   that acts;
+//! * [`stream_pattern`] — globs over stream paths (`*`, `**`): the streams
+//!   a token may touch, and the streams a subscription covers.
 
 // Nothing outside tests may panic on a missing value.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -26,11 +29,14 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod headers;
+pub mod healthcheck;
 pub mod limits;
+pub mod middleware;
 pub mod problem;
 pub mod security;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;
 pub mod stream_path;
+pub mod stream_pattern;
 pub mod telemetry;

@@ -55,6 +55,37 @@ pub enum PathError {
     RepeatedSource,
 }
 
+/// Why a configured stream base path (`http.stream_base_path`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "must start with '/', not end with one, and hold only non-empty segments of \
+     letters, digits and -._~!$&'()+,;=:@, got {0:?}"
+)]
+pub struct BaseError(String);
+
+/// Checks a stream base path: `/` followed by segments of URL path
+/// characters that need no escaping (and none of the router's pattern
+/// syntax), without a trailing `/`. Both services refuse the same bases.
+pub fn validate_base(base: &str) -> Result<(), BaseError> {
+    let segment_ok = |segment: &str| {
+        !matches!(segment, "" | "." | "..")
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()+,;=:@".contains(&b))
+    };
+    match base.strip_prefix('/') {
+        Some(rest) if rest.split('/').all(segment_ok) => Ok(()),
+        _ => Err(BaseError(base.to_owned())),
+    }
+}
+
+/// The router pattern matching every stream URL under `base`; requests
+/// report it as their route (`MatchedPath`), which keeps stream names out
+/// of route labels.
+pub fn route(base: &str) -> String {
+    format!("{base}/{{*path}}")
+}
+
 /// The undecoded part of the URL path `path` after `{base}/`, when it names
 /// a stream (is not empty). `base` starts with `/` and does not end with one.
 pub fn stream_path_of<'a>(base: &str, path: &'a str) -> Option<&'a str> {
@@ -83,6 +114,85 @@ pub fn decode(raw: &str, limits: PathLimits) -> Result<Cow<'_, str>, PathError> 
     };
     validate(&decoded, limits)?;
     Ok(decoded)
+}
+
+/// The first segment of the paths reserved for control APIs (§6).
+pub const RESERVED_SEGMENT: &str = "__ds";
+
+/// The part after `__ds/` of a reserved control path (§6), decoded once as
+/// stream paths are and held to the same rules; `None` when `raw` is not
+/// under `__ds` (an ordinary stream path, or not a path at all).
+pub fn control_path(raw: &str, limits: PathLimits) -> Result<Option<String>, PathError> {
+    if raw.len() > limits.max_bytes.saturating_mul(3) {
+        return Err(PathError::TooLong {
+            len: raw.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| PathError::NotUtf8)?;
+    let rest = match decoded.strip_prefix(RESERVED_SEGMENT) {
+        Some("") => return Ok(Some(String::new())),
+        Some(rest) => match rest.strip_prefix('/') {
+            Some(rest) => rest,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
+    };
+    check(rest, limits, false)?;
+    Ok(Some(rest.to_owned()))
+}
+
+/// What a control path (after `__ds/`, see [`control_path`]) names: one
+/// reading for the gateway that authorises and the server that acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRoute<'a> {
+    /// `jwks.json`: the webhook signing keys.
+    Jwks,
+    /// `subscriptions/{id}`
+    Subscription(&'a str),
+    /// `subscriptions/{id}/streams`
+    Streams(&'a str),
+    /// `subscriptions/{id}/streams/{stream}`; the stream may hold `/`.
+    Stream { id: &'a str, stream: &'a str },
+    /// `subscriptions/{id}/claim`
+    Claim(&'a str),
+    /// `subscriptions/{id}/callback`
+    Callback(&'a str),
+    /// `subscriptions/{id}/ack`
+    Ack(&'a str),
+    /// `subscriptions/{id}/release`
+    Release(&'a str),
+}
+
+impl<'a> ControlRoute<'a> {
+    /// The route `rest` names, if any. Ids are one non-empty segment.
+    pub fn parse(rest: &'a str) -> Option<ControlRoute<'a>> {
+        if rest == "jwks.json" {
+            return Some(ControlRoute::Jwks);
+        }
+        let rest = rest.strip_prefix("subscriptions/")?;
+        let (id, tail) = match rest.split_once('/') {
+            Some((id, tail)) => (id, Some(tail)),
+            None => (rest, None),
+        };
+        if id.is_empty() {
+            return None;
+        }
+        Some(match tail {
+            None => ControlRoute::Subscription(id),
+            Some("streams") => ControlRoute::Streams(id),
+            Some("claim") => ControlRoute::Claim(id),
+            Some("callback") => ControlRoute::Callback(id),
+            Some("ack") => ControlRoute::Ack(id),
+            Some("release") => ControlRoute::Release(id),
+            Some(tail) => ControlRoute::Stream {
+                id,
+                stream: tail.strip_prefix("streams/")?,
+            },
+        })
+    }
 }
 
 /// The source stream a request's `Stream-Forked-From` header names, if it
@@ -131,6 +241,10 @@ pub fn fork_source<'a>(
 
 /// Checks a percent-decoded stream path against the rules above.
 pub fn validate(path: &str, limits: PathLimits) -> Result<(), PathError> {
+    check(path, limits, true)
+}
+
+fn check(path: &str, limits: PathLimits, refuse_reserved: bool) -> Result<(), PathError> {
     if path.is_empty() {
         return Err(PathError::Empty);
     }
@@ -157,7 +271,7 @@ pub fn validate(path: &str, limits: PathLimits) -> Result<(), PathError> {
         if segment.is_empty() || segment == "." || segment == ".." {
             return Err(PathError::Traversal);
         }
-        if index == 0 && segment == "__ds" {
+        if refuse_reserved && index == 0 && segment == RESERVED_SEGMENT {
             return Err(PathError::Reserved);
         }
     }
@@ -168,6 +282,82 @@ pub fn validate(path: &str, limits: PathLimits) -> Result<(), PathError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_routes_are_read_by_segment() {
+        use ControlRoute as R;
+        for (rest, route) in [
+            ("jwks.json", Some(R::Jwks)),
+            ("subscriptions/s1", Some(R::Subscription("s1"))),
+            ("subscriptions/s1/streams", Some(R::Streams("s1"))),
+            (
+                "subscriptions/s1/streams/a/b",
+                Some(R::Stream {
+                    id: "s1",
+                    stream: "a/b",
+                }),
+            ),
+            ("subscriptions/s1/claim", Some(R::Claim("s1"))),
+            ("subscriptions/s1/callback", Some(R::Callback("s1"))),
+            ("subscriptions/s1/ack", Some(R::Ack("s1"))),
+            ("subscriptions/s1/release", Some(R::Release("s1"))),
+            ("subscriptions/s1/other", None),
+            ("subscriptions/", None),
+            ("subscriptions", None),
+            ("jwks.json/x", None),
+            ("other", None),
+            ("", None),
+        ] {
+            assert_eq!(ControlRoute::parse(rest), route, "{rest:?}");
+        }
+    }
+
+    #[test]
+    fn control_paths_are_the_reserved_prefix_decoded_once() {
+        let control = |raw| control_path(raw, PathLimits::default());
+        assert_eq!(control("__ds/jwks.json"), Ok(Some("jwks.json".into())));
+        assert_eq!(
+            control("%5F%5Fds/subscriptions/a"),
+            Ok(Some("subscriptions/a".into()))
+        );
+        assert_eq!(
+            control("__ds/subscriptions/a/streams/x%2Fy"),
+            Ok(Some("subscriptions/a/streams/x/y".into()))
+        );
+        assert_eq!(control("__ds"), Ok(Some(String::new())));
+        assert_eq!(control("__dsx/a"), Ok(None));
+        assert_eq!(control("a/__ds"), Ok(None));
+        assert_eq!(control("__ds/a/../b"), Err(PathError::Traversal));
+        assert_eq!(control("__ds//a"), Err(PathError::Traversal));
+        assert_eq!(control("__ds/%ff"), Err(PathError::NotUtf8));
+    }
+
+    #[test]
+    fn base_paths_are_plain_url_paths() {
+        for good in ["/v1/stream", "/s", "/a.b/c-d/~e@f:g"] {
+            assert_eq!(validate_base(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "v1/stream",
+            "/v1/stream/",
+            "/v1//stream",
+            "/v1/./stream",
+            "/v1/..",
+            "/v1/{x}",
+            "/v1/{*rest}",
+            "/v1/*",
+            "/v1/a b",
+            "/v1/%41",
+            "/v1/é",
+            "/v1?x",
+            "/v1#x",
+        ] {
+            assert!(validate_base(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(route("/v1/stream"), "/v1/stream/{*path}");
+    }
 
     const LIMITS: PathLimits = PathLimits {
         max_bytes: 64,

@@ -26,8 +26,19 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// TOML file with settings; `DS_*` environment variables override it.
-    #[arg(long, value_name = "FILE", env = "DS_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "DS_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Exit 0 if the server on this machine's configured port is ready
+    /// (`GET /readyz`), for container health checks.
+    Healthcheck,
 }
 
 /// Printed under `--help`: every variable with its default.
@@ -43,6 +54,10 @@ Environment (defaults in brackets):
     let tail = "  DS_HTTP__CORS_ORIGINS                    comma-separated allowed origins, or * [*]
   DS_HTTP__STREAM_BASE_PATH                URL prefix of streams [/v1/stream]
   DS_HTTP__MAX_READ_BYTES                  largest catch-up response body [1048576]
+  DS_HTTP__PUBLIC_BASE_URL                 scheme and authority clients reach streams at, for callback and JWKS URLs [from Host]
+  DS_HTTP__TRUST_FORWARDED_HEADERS         take X-Forwarded-Host/-Proto as that URL (behind auth-gateway) [false]
+  DS_SUBSCRIPTIONS__ALLOW_INSECURE_LOCAL_WEBHOOKS  http:// webhooks to localhost and 127.0.0.x, for development [false]
+  DS_SUBSCRIPTIONS__WEBHOOK_TIMEOUT_SECS   longest a webhook delivery may take [10]
   DS_LIMITS__MAX_REQUEST_BODY_BYTES        larger bodies get 413 [67108864]
   DS_LIMITS__MAX_STREAM_BYTES              per-stream data limit, 0 = none [0]
   DS_LIMITS__MAX_MEMORY_BYTES              total in-memory data limit, 0 = none [4294967296]
@@ -69,6 +84,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub tls: TlsConfig,
+    pub subscriptions: SubscriptionsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +120,14 @@ pub struct HttpConfig {
     pub cors_origins: String,
     pub stream_base_path: String,
     pub max_read_bytes: usize,
+    /// Scheme and authority (`https://streams.example.com`) that clients
+    /// reach the streams at: subscription callback and JWKS URLs are built
+    /// on it. Unset, each request's `Host` is used.
+    pub public_base_url: Option<String>,
+    /// Take `X-Forwarded-Host` and `X-Forwarded-Proto` as the public URL;
+    /// right only when nothing but a proxy that sets them (auth-gateway)
+    /// can reach the server.
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for HttpConfig {
@@ -112,6 +136,27 @@ impl Default for HttpConfig {
             cors_origins: "*".into(),
             stream_base_path: "/v1/stream".into(),
             max_read_bytes: 1024 * 1024,
+            public_base_url: None,
+            trust_forwarded_headers: false,
+        }
+    }
+}
+
+/// Subscriptions (PROTOCOL §6–7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionsConfig {
+    /// Accept `http://` webhook URLs on localhost and 127.0.0.x (§6.2's
+    /// development exception); every other private address stays refused.
+    pub allow_insecure_local_webhooks: bool,
+    pub webhook_timeout_secs: f64,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        SubscriptionsConfig {
+            allow_insecure_local_webhooks: false,
+            webhook_timeout_secs: 10.0,
         }
     }
 }
@@ -192,18 +237,36 @@ impl Config {
             "server.sse_reconnect_interval_secs",
             self.server.sse_reconnect_interval_secs,
         )?;
-        positive_seconds(
-            "server.shutdown_grace_secs",
+        service_common::config::check_serving(
             self.server.shutdown_grace_secs,
+            &self.server.connections,
         )?;
-        self.server.connections.validate()?;
-        let base = &self.http.stream_base_path;
-        if !base.starts_with('/') || base.ends_with('/') {
-            return Err(ConfigError::Invalid {
-                key: "http.stream_base_path",
-                reason: format!("must start with '/' and not end with one, got {base:?}"),
-            });
+        positive_seconds(
+            "subscriptions.webhook_timeout_secs",
+            self.subscriptions.webhook_timeout_secs,
+        )?;
+        if let Some(url) = &self.http.public_base_url {
+            let parsed = url::Url::parse(url).map_err(|e| ConfigError::Invalid {
+                key: "http.public_base_url",
+                reason: e.to_string(),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host().is_none()
+                || !matches!(parsed.path(), "" | "/")
+                || parsed.query().is_some()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "http.public_base_url",
+                    reason: "must be an http or https scheme and authority, without a path".into(),
+                });
+            }
         }
+        service_common::stream_path::validate_base(&self.http.stream_base_path).map_err(|e| {
+            ConfigError::Invalid {
+                key: "http.stream_base_path",
+                reason: e.to_string(),
+            }
+        })?;
         if self.storage.sync_interval_ms == 0 {
             return Err(ConfigError::Invalid {
                 key: "storage.sync_interval_ms",
@@ -266,6 +329,10 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.server.shutdown_grace_secs)
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.subscriptions.webhook_timeout_secs)
     }
 
     /// Allowed CORS origins; `None` means any.

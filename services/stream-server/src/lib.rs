@@ -14,6 +14,8 @@
 //!   lifecycle (delete, expiry), with per-stream locking.
 //! * [`http`] — axum handlers, one module per route group, and the single
 //!   place errors become responses.
+//! * [`subscriptions`] — subscriptions over sets of streams and the wakes
+//!   they deliver (webhooks, pull-wake).
 //! * [`config`] — layered configuration (defaults, TOML, `DS_*`).
 //! * [`shutdown`] — signal handling and the token that ends live reads.
 //! * [`server`] — binding, serving (plain or TLS) and draining.
@@ -28,3 +30,5 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod streams;
+pub mod subscriptions;
+pub mod telemetry;

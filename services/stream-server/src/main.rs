@@ -4,7 +4,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use clap::Parser;
-use stream_server::config::{Cli, Config};
+use service_common::healthcheck;
+use stream_server::config::{Cli, Command, Config};
 use stream_server::{server, shutdown};
 
 /// Every request allocates a little across threads (buffers handed from the
@@ -16,29 +17,47 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    service_common::telemetry::init("stream_server=info,tower_http=info");
+    if cli.command == Some(Command::Healthcheck) {
+        return check_health(&cli).await;
+    }
+    let telemetry = service_common::telemetry::init("stream-server", "stream_server=info");
     opt_out_of_transparent_huge_pages();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");
+            telemetry.shutdown(Config::default().shutdown_grace());
             return std::process::ExitCode::FAILURE;
         }
     };
-    let listener = match server::bind(&config) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!("{e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let grace = config.shutdown_grace();
+    let result = match server::bind(&config) {
+        Ok(listener) => server::serve(config, listener, shutdown::signal()).await,
+        Err(e) => Err(e),
     };
-    match server::serve(config, listener, shutdown::signal()).await {
+    // Spans of the last requests are exported before the process ends.
+    telemetry.shutdown(grace);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Probes the running server; no telemetry, so a health check every few
+/// seconds exports nothing.
+async fn check_health(cli: &Cli) -> std::process::ExitCode {
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let tls = config.tls.cert_path.is_some();
+    healthcheck::command(config.server.host, config.server.port, tls).await
 }
 
 /// Turns transparent huge pages off for this process, unless the operator

@@ -7,10 +7,11 @@
 pub mod tls;
 
 use crate::config::Config;
-use crate::http::{AppState, Settings, Shared, app};
+use crate::http::{App, AppState, Settings, Shared};
 use crate::shutdown::ShutdownToken;
 use crate::storage::{self, StorageError, StorageMode};
 use crate::streams::{StorageLimits, Streams};
+use crate::subscriptions::{self, Subscriptions, webhook::UrlPolicy};
 use service_common::serve::BindError;
 use service_common::serve::{BoundedRequest, Options};
 use std::future::Future;
@@ -34,6 +35,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("subscriptions: {0}")]
+    Subscriptions(#[from] subscriptions::OpenError),
 }
 
 /// Binds the configured address.
@@ -82,13 +85,36 @@ pub async fn serve(
             streams.len()
         ),
     }
+    let held = Arc::downgrade(&streams);
+    crate::telemetry::observe(move || held.upgrade().map_or(0, |streams| streams.len() as u64));
     let token = ShutdownToken::new();
+    let mut settings = Settings::from_config(&config);
+    settings.fallback_origin = format!("{scheme}://{addr}");
+    let subscriptions = Subscriptions::open(
+        Arc::clone(&streams),
+        match config.storage.mode {
+            StorageMode::Memory => None,
+            _ => Some(config.storage.data_dir.as_path()),
+        },
+        subscriptions::Settings {
+            policy: UrlPolicy {
+                allow_insecure_local: config.subscriptions.allow_insecure_local_webhooks,
+            },
+            webhook_timeout: config.webhook_timeout(),
+            base_path: config.http.stream_base_path.clone(),
+            path_limits: settings.path_limits,
+            public_origin: settings.public_base_url.clone(),
+            fallback_origin: settings.fallback_origin.clone(),
+        },
+        token.child_token(),
+    )?;
     let state = AppState::new(Shared {
         streams: Arc::clone(&streams),
-        settings: Settings::from_config(&config),
+        subscriptions,
+        settings,
         shutdown: token.clone(),
     });
-    let router = app(state, config.cors_origins());
+    let app = App::new(state, config.cors_origins());
     tokio::spawn(sweep_expired(streams, token.clone()));
 
     let grace = config.shutdown_grace();
@@ -97,10 +123,6 @@ pub async fn serve(
         tracing::info!("shutting down: ending live reads, draining requests");
         token.cancel();
     };
-    // The connection hands over its own body type; the routes read axum's.
-    let service = tower::ServiceBuilder::new()
-        .map_request(|request: BoundedRequest| request.map(axum::body::Body::new))
-        .service(router);
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let options = Options {
         limits: config.server.connections.clone(),
@@ -108,7 +130,13 @@ pub async fn serve(
         grace,
         descriptors_per_connection: 1,
     };
-    service_common::serve::serve(listener, options, |_| service.clone(), shutdown).await;
+    // The connection hands over its own body type; the routes read axum's.
+    let for_client = |peer: SocketAddr| {
+        tower::ServiceBuilder::new()
+            .map_request(|request: BoundedRequest| request.map(axum::body::Body::new))
+            .service(app.for_client(Some(peer.ip())))
+    };
+    service_common::serve::serve(listener, options, for_client, shutdown).await;
     // Requests have drained: make everything acknowledged durable.
     engine.flush()?;
     tracing::info!("server stopped");

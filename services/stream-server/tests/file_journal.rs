@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
+use stream_server::storage::MessageBatch;
 use stream_server::storage::file::{FileEngine, MIN_JOURNAL_BYTES, SyncPolicy as Sync};
 use stream_server::storage::{Engine, ExpiryRecord, Mutation, StreamLog, StreamMeta};
 use tempfile::TempDir;
@@ -65,11 +65,8 @@ fn message(i: usize, size: usize) -> String {
     format!("{i:06}:{}", "x".repeat(size.saturating_sub(7)))
 }
 
-fn messages(text: &str) -> JsonMessages {
-    JsonMessages {
-        encoded: text.as_bytes().to_vec(),
-        ends: vec![text.len()],
-    }
+fn messages(text: &str) -> MessageBatch {
+    MessageBatch::of([text])
 }
 
 fn meta() -> StreamMeta {

@@ -52,16 +52,25 @@ async fn traversal_and_malformed_paths_are_rejected() {
 }
 
 #[tokio::test]
-async fn the_reserved_prefix_is_refused_for_streams() {
+async fn the_reserved_prefix_is_never_a_stream() {
+    // Paths under `__ds` are the control routes (§6), however spelled.
     let server = TestServer::start().await;
-    for path in ["__ds", "__ds/subscriptions/sub-1", "__ds/jwks.json"] {
-        let response = send(server.put(path).header("content-type", "text/plain")).await;
-        assert_problem(response, StatusCode::BAD_REQUEST, "reserved").await;
-        assert_eq!(
-            send(server.get(path)).await.status(),
-            StatusCode::BAD_REQUEST
-        );
+    for path in ["__ds", "__ds/other", "%5F%5Fds/other", "_%5Fds/x/y"] {
+        let put = send(server.put(path).header("content-type", "text/plain")).await;
+        assert_eq!(put.status(), StatusCode::NOT_FOUND, "PUT {path}");
+        assert_eq!(send(server.get(path)).await.status(), StatusCode::NOT_FOUND);
     }
+    let not_a_subscription = send(
+        server
+            .put("__ds/subscriptions/sub-1")
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(not_a_subscription.status(), StatusCode::BAD_REQUEST);
+    let jwks = send(server.get("__ds/jwks.json")).await;
+    assert_eq!(jwks.status(), StatusCode::OK);
+    assert_eq!(jwks.headers()["content-type"], "application/jwk-set+json");
     // Only the first segment is reserved.
     assert_eq!(
         send(server.put("app/__ds")).await.status(),
@@ -271,7 +280,7 @@ async fn every_response_carries_the_browser_security_headers() {
     );
 }
 
-const PROTOCOL_REQUEST_HEADERS: [&str; 13] = [
+const PROTOCOL_REQUEST_HEADERS: [&str; 15] = [
     "content-type",
     "if-none-match",
     "authorization",
@@ -285,9 +294,11 @@ const PROTOCOL_REQUEST_HEADERS: [&str; 13] = [
     "producer-id",
     "producer-epoch",
     "producer-seq",
+    "traceparent",
+    "tracestate",
 ];
 
-const PROTOCOL_RESPONSE_HEADERS: [&str; 14] = [
+const PROTOCOL_RESPONSE_HEADERS: [&str; 15] = [
     "stream-next-offset",
     "stream-up-to-date",
     "stream-cursor",
@@ -302,6 +313,7 @@ const PROTOCOL_RESPONSE_HEADERS: [&str; 14] = [
     "etag",
     "location",
     "content-type",
+    "traceresponse",
 ];
 
 fn list(response: &Response, name: &str) -> Vec<String> {

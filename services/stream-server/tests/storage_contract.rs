@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use stream_server::protocol::json::JsonMessages;
 use stream_server::protocol::offset::Offset;
 use stream_server::protocol::producer::ProducerState;
+use stream_server::storage::MessageBatch;
 use stream_server::storage::{
     self, Close, ClosingProducer, Engine, ExpiryRecord, Mutation, ProducerEntry, StorageMode,
     StreamLog, StreamMeta,
@@ -71,14 +71,8 @@ fn open_with(mode: StorageMode, dir: &Path, tuning: &storage::Tuning) -> Arc<dyn
 }
 
 /// Messages whose stored form is the given strings.
-fn messages(parts: &[&str]) -> JsonMessages {
-    let mut encoded = Vec::new();
-    let mut ends = Vec::new();
-    for part in parts {
-        encoded.extend_from_slice(part.as_bytes());
-        ends.push(encoded.len());
-    }
-    JsonMessages { encoded, ends }
+fn messages(parts: &[&str]) -> MessageBatch {
+    MessageBatch::of(parts)
 }
 
 fn meta() -> StreamMeta {

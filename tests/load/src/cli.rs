@@ -10,7 +10,8 @@ use crate::scenarios::churn::ChurnOptions;
 use crate::scenarios::fanout::FanoutOptions;
 use crate::scenarios::live::LiveOptions;
 use crate::scenarios::read::ReadOptions;
-use crate::scenarios::{RunContext, append, churn, fanout, live, read};
+use crate::scenarios::subscriptions::SubscriptionsOptions;
+use crate::scenarios::{RunContext, append, churn, fanout, live, read, subscriptions};
 use crate::target::Target;
 use crate::units::parse_duration;
 use anyhow::{Context, ensure};
@@ -29,6 +30,7 @@ Examples:
   ds-load live   --url http://127.0.0.1:4437/v1/stream --rate 1000 --subscribers 100 --transport sse
   ds-load fanout --url http://127.0.0.1:4437/v1/stream --subscribers 10000 --server-pid 1234
   ds-load churn  --url http://127.0.0.1:4437/v1/stream --connections 8
+  ds-load subscriptions --url http://127.0.0.1:4437/v1/stream --streams 10000 [--no-subscription]
   ds-load chart  --out chart.svg --markdown table.md results.jsonl";
 
 /// Load generator for Durable Streams servers.
@@ -78,6 +80,14 @@ pub enum Command {
         run: RunOptions,
         #[command(flatten)]
         options: ChurnOptions,
+    },
+    /// Appends to random streams under a pull-wake subscription on every
+    /// stream (or none): append cost and wake latency.
+    Subscriptions {
+        #[command(flatten)]
+        run: RunOptions,
+        #[command(flatten)]
+        options: SubscriptionsOptions,
     },
     /// Compare runs: an SVG chart (and optionally a markdown table) from
     /// files written with --json.
@@ -196,6 +206,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = unix_now();
             let outcome = churn::run(&context, &options).await?;
             finish(&run, "churn", options.case(), started, &options, &outcome)
+        }
+        Command::Subscriptions { run, options } => {
+            let context = run.context()?;
+            let started = unix_now();
+            let outcome = subscriptions::run(&context, &options).await?;
+            finish(
+                &run,
+                "subscriptions",
+                options.case(),
+                started,
+                &options,
+                &outcome,
+            )
         }
         Command::Chart(options) => chart(&options),
         Command::Wait(options) => wait(&options).await,
@@ -363,6 +386,42 @@ mod tests {
         };
         assert_eq!(options.transport, Transport::LongPoll);
         assert_eq!(options.rate, 50.0);
+    }
+
+    #[test]
+    fn parses_subscriptions_defaults_and_baseline_flag() {
+        let cli = Cli::try_parse_from(["ds-load", "subscriptions", "--url", "http://127.0.0.1:1"])
+            .unwrap();
+        let Command::Subscriptions { options, .. } = cli.command else {
+            panic!("expected subscriptions");
+        };
+        assert_eq!(options.streams, 10_000);
+        assert_eq!(options.connections, 16);
+        assert_eq!(options.pattern, "**");
+        assert!(!options.no_subscription);
+        assert_eq!(options.lease_ttl, Duration::from_secs(30));
+
+        let cli = Cli::try_parse_from([
+            "ds-load",
+            "subscriptions",
+            "--url",
+            "http://127.0.0.1:1",
+            "--no-subscription",
+            "--ack",
+            "all",
+            "--transport",
+            "long-poll",
+        ])
+        .unwrap();
+        let Command::Subscriptions { options, .. } = cli.command else {
+            panic!("expected subscriptions");
+        };
+        assert!(options.no_subscription);
+        assert_eq!(
+            options.ack,
+            crate::scenarios::subscriptions::consumer::AckScope::All
+        );
+        assert_eq!(options.transport, Transport::LongPoll);
     }
 
     #[test]

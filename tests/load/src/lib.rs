@@ -10,6 +10,8 @@
 //! * [`target`] — the stream base URL, bearer token and stream paths.
 //! * [`client`] — one HTTP/1.1 keep-alive connection per worker.
 //! * [`protocol`] — the Durable Streams requests and response headers.
+//! * [`control`] — the subscription requests under `__ds`: create, claim,
+//!   ack, and the wake events.
 //! * [`sse`] — an incremental Server-Sent Events parser (also the one both
 //!   services' tests use).
 //! * [`pattern`] — the deterministic byte pattern used to verify reads.
@@ -17,7 +19,8 @@
 //! * [`stats`] — latency histograms, summaries and error tallies.
 //! * [`progress`] — the once-a-second progress line on stderr.
 //! * [`system`] — open-files limit and a process's resident memory.
-//! * [`scenarios`] — `append`, `read`, `live`, `fanout`, `churn`.
+//! * [`scenarios`] — `append`, `read`, `live`, `fanout`, `churn`,
+//!   `subscriptions`.
 //! * [`report`] — the JSON record of a run and its table on stdout.
 //! * [`chart`] — the SVG chart and markdown table comparing runs.
 //! * [`cli`] — the command line.
@@ -28,6 +31,7 @@
 pub mod chart;
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod pattern;
 pub mod progress;
 pub mod protocol;

@@ -1,9 +1,9 @@
 //! End-to-end runs of every ds-load scenario against the real
 //! stream-server, started in-process on an ephemeral loopback port with
 //! memory storage. Each run lasts about a second and must see no errors,
-//! no lost, duplicated or reordered messages, no corrupt reads, and some
-//! throughput. The last test drives the `ds-load` binary itself, then
-//! charts its output.
+//! no lost, duplicated or reordered messages, no corrupt reads, no append
+//! a subscription's worker was never woken for, and some throughput. The
+//! last test drives the `ds-load` binary itself, then charts its output.
 
 use ds_load::client::Connection;
 use ds_load::scenarios::RunContext;
@@ -13,6 +13,8 @@ use ds_load::scenarios::delivery::{DeliveryOutcome, Transport};
 use ds_load::scenarios::fanout::{self, FanoutOptions};
 use ds_load::scenarios::live::{self, LiveOptions};
 use ds_load::scenarios::read::{self, ReadOptions};
+use ds_load::scenarios::subscriptions::consumer::AckScope;
+use ds_load::scenarios::subscriptions::{self, SubscriptionsOptions};
 use ds_load::target::Target;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -234,6 +236,58 @@ async fn churn_cycles_cleanly() {
     assert_eq!(outcome.errors.total(), 0, "{outcome:#?}");
     assert_eq!(outcome.verification_failures, 0, "{outcome:#?}");
     assert_eq!(outcome.steps.delete.count, outcome.cycles);
+}
+
+fn subscriptions_options(no_subscription: bool, transport: Transport) -> SubscriptionsOptions {
+    SubscriptionsOptions {
+        connections: 4,
+        streams: 200,
+        body_size: 64,
+        no_subscription,
+        pattern: "**".into(),
+        transport,
+        ack: AckScope::Pending,
+        lease_ttl: Duration::from_secs(30),
+        drain: Duration::from_secs(5),
+        server_pid: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_wake_the_consumer_for_every_append() {
+    let server = start_server().await;
+    for transport in [Transport::Sse, Transport::LongPoll] {
+        let options = subscriptions_options(false, transport);
+        let outcome = subscriptions::run(&context(&server, Duration::from_secs(1)), &options)
+            .await
+            .expect("subscriptions run");
+        assert!(outcome.subscribed);
+        assert!(outcome.appends > 0, "{transport:?}: {outcome:#?}");
+        assert_eq!(outcome.errors.total(), 0, "{transport:?}: {outcome:#?}");
+        let consumer = outcome.consumer.as_ref().expect("a consumer ran");
+        assert_eq!(consumer.errors.total(), 0, "{transport:?}: {outcome:#?}");
+        assert!(consumer.wake_events > 0, "{transport:?}: {outcome:#?}");
+        assert!(consumer.claims > 0 && consumer.acks > 0, "{outcome:#?}");
+        assert!(consumer.wake_latency.count > 0, "{outcome:#?}");
+        assert!(consumer.data_wait.p99_ms >= consumer.wake_latency.p99_ms);
+        // Every append was covered by an ack by the end of the drain.
+        assert_eq!(outcome.unacked_appends, 0, "{transport:?}: {outcome:#?}");
+        assert_eq!(ds_load::report::Outcome::headline(&outcome).problems, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_baseline_appends_without_a_consumer() {
+    let server = start_server().await;
+    let options = subscriptions_options(true, Transport::Sse);
+    let outcome = subscriptions::run(&context(&server, Duration::from_millis(700)), &options)
+        .await
+        .expect("subscriptions run");
+    assert!(!outcome.subscribed);
+    assert!(outcome.consumer.is_none());
+    assert!(outcome.appends > 0, "{outcome:#?}");
+    assert_eq!(outcome.errors.total(), 0, "{outcome:#?}");
+    assert_eq!(outcome.latency.count, outcome.appends);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

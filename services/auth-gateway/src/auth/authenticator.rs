@@ -230,8 +230,10 @@ impl Authenticator {
             && entry.fetched.elapsed() < self.fresh_for()
         {
             entry.used.store(true, Ordering::Relaxed);
+            crate::telemetry::record_cache(true);
             return Ok(entry.grant.clone());
         }
+        crate::telemetry::record_cache(false);
         for _ in 0..LOOKUP_ATTEMPTS {
             let generation = self.generation.load(Ordering::SeqCst);
             let row = match tokio::time::timeout(QUERY_TIMEOUT, self.store.find(id)).await {

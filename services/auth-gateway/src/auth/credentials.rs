@@ -5,9 +5,8 @@
 
 use crate::error::GatewayError;
 use http::{HeaderMap, HeaderValue, Method, header};
+use service_common::headers::ACCESS_TOKEN_QUERY as QUERY_PARAMETER;
 use std::borrow::Cow;
-
-const QUERY_PARAMETER: &str = "access_token";
 
 /// Where a request's token was, and the query to forward without it.
 #[derive(Debug, PartialEq, Eq)]

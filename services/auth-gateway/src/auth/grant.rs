@@ -7,9 +7,9 @@
 //! (live reads, uploads) stop with it.
 
 use crate::auth::identity::Identity;
-use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
 use crate::tokens::store::TokenRow;
+use service_common::stream_pattern::StreamPattern;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use time::OffsetDateTime;

@@ -14,10 +14,21 @@ pub enum Scope {
     Delete,
     /// Token management under `/admin/tokens`.
     Admin,
+    /// Subscriptions under the reserved `__ds/subscriptions` prefix
+    /// (PROTOCOL §6–7): create, read, change, delete and claim them. Only
+    /// together with `read` on every stream a subscription covers (and
+    /// `write` on its wake stream); see `http::control`.
+    Subscribe,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Delete, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::Delete,
+        Scope::Admin,
+        Scope::Subscribe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -25,6 +36,7 @@ impl Scope {
             Scope::Write => "write",
             Scope::Delete => "delete",
             Scope::Admin => "admin",
+            Scope::Subscribe => "subscribe",
         }
     }
 
@@ -48,7 +60,7 @@ impl fmt::Display for Scope {
 
 /// A scope name that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}: expected read, write, delete or admin")]
+#[error("unknown scope {0:?}: expected read, write, delete, admin or subscribe")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -86,6 +98,7 @@ mod tests {
         for scope in Scope::ALL {
             assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
         }
+        assert_eq!("subscribe".parse::<Scope>(), Ok(Scope::Subscribe));
         assert!("Read".parse::<Scope>().is_err());
         assert!("".parse::<Scope>().is_err());
     }

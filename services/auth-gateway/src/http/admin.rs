@@ -19,7 +19,6 @@
 use super::extract::{AdminCaller, AppJson, MAX_JSON_BODY_BYTES};
 use super::state::SharedGateway;
 use crate::auth::grant::Grant;
-use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
 use crate::error::GatewayError;
 use crate::tokens::issuer::{Authority, IssueError, Issuer, TokenInfo, TokenRequest};
@@ -31,6 +30,7 @@ use axum::{Json, Router};
 use http::StatusCode;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use serde::Deserialize;
+use service_common::stream_pattern::StreamPattern;
 
 pub fn routes() -> Router<SharedGateway> {
     Router::new()

@@ -9,11 +9,14 @@ use crate::auth::credentials;
 use crate::auth::grant::Grant;
 use crate::auth::scope::Scope;
 use crate::error::GatewayError;
+use crate::telemetry;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
+use std::future::Future;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// An authenticated caller within its rate limit.
 pub struct Caller {
@@ -37,6 +40,18 @@ pub async fn authenticate(gateway: &Gateway, parts: &Parts) -> Result<Caller, Ga
         grant,
         forward_query: found.forward_query,
     })
+}
+
+/// Runs `decision` (authenticating and authorising a request) inside the
+/// auth span and records its outcome there, on the request's span and in
+/// the decision counter: how every stream and control request is decided.
+pub async fn decide(
+    decision: impl Future<Output = Result<Caller, GatewayError>>,
+) -> Result<Caller, GatewayError> {
+    let auth_span = telemetry::auth_span();
+    let decision = decision.instrument(auth_span.clone()).await;
+    telemetry::record_decision(&auth_span, decision.as_ref().map(|caller| &caller.grant));
+    decision
 }
 
 /// A caller holding the `admin` scope; any other valid token is 403.

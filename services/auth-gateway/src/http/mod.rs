@@ -1,17 +1,21 @@
-//! The gateway's HTTP surface: health checks, the admin API, and every
-//! stream URL — authenticated, authorised, rate limited, then proxied.
+//! The gateway's HTTP surface: health checks, the admin API, every stream
+//! URL — authenticated, authorised, rate limited, then proxied — and the
+//! reserved `__ds` control routes under the stream base path
+//! ([`control`]: subscriptions and their deliveries, with their own policy).
 
 pub mod admin;
+pub mod control;
 pub mod extract;
 pub mod readiness;
 pub mod state;
 
 use crate::auth::scope::Scope;
 use crate::error::GatewayError;
-use crate::http::extract::{Caller, authenticate};
+use crate::http::extract::{Caller, authenticate, decide};
 pub use crate::http::state::{Gateway, SharedGateway};
 use crate::proxy::revocation::UntilRevoked;
-use crate::proxy::{ClientIp, Forwarding};
+use crate::proxy::{Forwarding, Passage};
+use crate::telemetry;
 use axum::BoxError;
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -20,25 +24,35 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::header::{self, HeaderValue};
+use http::header;
+use http::request::Parts;
 use http::{Method, StatusCode};
 use service_common::cors::BrowserCorsLayer;
+use service_common::middleware::Middleware;
 use service_common::stream_path;
+use service_common::telemetry::http::RouteNames;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
+use std::time::Instant;
+use tower::Service;
+use tracing::Instrument;
 
-/// The application, put together once: [`App::for_client`] makes the
-/// service for each connection.
+/// The application, put together once: every stream URL, the admin API
+/// and health checks, with CORS, the security headers, and a traced,
+/// measured server span per request (see `service_common::telemetry`).
+/// [`App::for_client`] makes the service for each connection.
 #[derive(Clone)]
 pub struct App {
     gateway: SharedGateway,
     others: Router,
-    cors: BrowserCorsLayer,
+    middleware: Middleware,
 }
+
+/// The routes besides stream URLs, for span and metric names.
+const OTHER_ROUTES: &[&str] = &["/healthz", "/readyz", "/admin/tokens", "/admin/tokens/{id}"];
 
 impl App {
     pub fn new(gateway: SharedGateway) -> App {
@@ -48,24 +62,23 @@ impl App {
             .nest("/admin", admin::routes())
             .fallback(|| async { GatewayError::NotFound("no such resource".into()) })
             .with_state(gateway.clone());
+        let names = RouteNames::new(&gateway.config.http.stream_base_path, OTHER_ROUTES);
         App {
-            cors: cors(gateway.config.cors_origins()),
+            middleware: Middleware::new(names, cors(gateway.config.cors_origins())),
             gateway,
             others,
         }
     }
 
     /// The service for the requests of one connection from `client`
-    /// (`None` when unknown): the client's address is part of the service,
-    /// so no request carries it in its extensions.
+    /// (`None` when unknown): the address is part of the service, so no
+    /// request carries it in its extensions.
     ///
-    /// The middleware wraps the routes instead of being added with
-    /// `Router::layer`, which would wrap every route in each layer
-    /// separately: per request, that is a boxed clone and a boxed future
-    /// for every layer.
+    /// Stream URLs go past the axum router, which is measurably cheaper per
+    /// request (`tests/load/benchmarks.md`).
     pub fn for_client<B>(
         &self,
-        client: Option<ClientIp>,
+        client: Option<IpAddr>,
     ) -> impl Service<
         Request<B>,
         Response = http::Response<
@@ -84,25 +97,14 @@ impl App {
         let routes = Routes {
             gateway: self.gateway.clone(),
             others: self.others.clone(),
-            client_ip: client.and_then(|client| client.forwarded_for),
+            client,
         };
-        ServiceBuilder::new()
-            .layer(
-                // Spans name the path only: a query may carry `access_token`.
-                // Debug level: a span per request costs several percent of
-                // throughput at tens of thousands of requests per second.
-                TraceLayer::new_for_http().make_span_with(|request: &Request<B>| {
-                    tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
-                }),
-            )
-            .map_response(service_common::problem::log_refusal)
-            .map_response(service_common::security::add)
-            .layer(self.cors.clone())
-            .service(routes)
+        service_common::middleware::wrap(routes, &self.middleware, client)
     }
 }
 
-/// Stream URLs go straight to [`stream`], everything else to the router.
+/// Stream URLs go straight to [`stream`] (or [`control::handle`] for the
+/// reserved `__ds` prefix), everything else to the router.
 ///
 /// Telling them apart is one prefix comparison; a wildcard route in the
 /// router would also percent-decode the stream path and store it in the
@@ -112,8 +114,8 @@ impl App {
 struct Routes {
     gateway: SharedGateway,
     others: Router,
-    /// The connection's [`ClientIp`] entry for `X-Forwarded-For`.
-    client_ip: Option<HeaderValue>,
+    /// The connection's address, for `X-Forwarded-For`.
+    client: Option<IpAddr>,
 }
 
 impl<B> Service<Request<B>> for Routes
@@ -135,13 +137,17 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let base = &self.gateway.config.http.stream_base_path;
-        if stream_path::stream_path_of(base, request.uri().path()).is_some() {
+        if let Some(raw) = stream_path::stream_path_of(base, request.uri().path()) {
+            let control = control::control_rest(raw, self.gateway.config.path_limits());
             let gateway = self.gateway.clone();
-            let client_ip = self.client_ip.clone();
+            let client = self.client;
             Either::Left(Box::pin(async move {
-                Ok(stream(gateway, client_ip, request)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response))
+                let answer = if let Some(rest) = control {
+                    control::handle(gateway, client, request, rest).await
+                } else {
+                    stream(gateway, client, request).await
+                };
+                Ok(answer.unwrap_or_else(IntoResponse::into_response))
             }))
         } else {
             Either::Right(self.others.call(request))
@@ -186,7 +192,7 @@ async fn readyz(State(gateway): State<SharedGateway>) -> Response {
 /// what is authorised here is what the server acts on.
 async fn stream<B>(
     gateway: SharedGateway,
-    client_ip: Option<HeaderValue>,
+    client_ip: Option<IpAddr>,
     request: Request<B>,
 ) -> Result<Response, GatewayError>
 where
@@ -197,14 +203,50 @@ where
     let Caller {
         grant,
         forward_query,
-    } = authenticate(&gateway, &parts).await?;
+    } = decide(authorize(&gateway, &parts)).await?;
+
+    let forwarding = Forwarding {
+        passage: Passage::Token,
+        identity: Some(grant.identity.clone()),
+        query: forward_query,
+        client_ip,
+    };
+    let waits_for_news = parts.method == Method::GET;
+    let proxy_span = telemetry::proxy_span(&parts.method, gateway.upstream.origin());
+    let body = UntilRevoked::new(body, grant.clone());
+    let started = Instant::now();
+    let forward = gateway
+        .upstream
+        .forward(Request::from_parts(parts, body), forwarding)
+        .instrument(proxy_span.clone());
+    let response = if waits_for_news {
+        // A long-poll's answer may be a long time coming.
+        tokio::select! {
+            response = forward => response,
+            () = grant.ended() => return Err(GatewayError::InvalidToken("token revoked or expired")),
+        }
+    } else {
+        forward.await
+    };
+    let status = response.as_ref().map(http::Response::status);
+    telemetry::record_upstream(&proxy_span, started.elapsed(), status);
+    Ok(response?.map(|body| Body::new(UntilRevoked::new(body, grant))))
+}
+
+/// Authenticates the caller and checks that its token may do this to the
+/// stream (and read the stream a `PUT` forks from).
+async fn authorize(gateway: &SharedGateway, parts: &Parts) -> Result<Caller, GatewayError> {
+    let caller = authenticate(gateway, parts).await?;
     let scope =
         Scope::for_stream_method(parts.method.as_str()).ok_or(GatewayError::MethodNotAllowed)?;
+    if let Some(span) = service_common::telemetry::current_span() {
+        span.record("ds.scope", scope.as_str());
+    }
     let base = gateway.config.http.stream_base_path.as_str();
     let limits = gateway.config.path_limits();
     let raw = stream_path::stream_path_of(base, parts.uri.path()).unwrap_or_default();
     let path = stream_path::decode(raw, limits)?;
-    if !grant.allows(scope, &path) {
+    if !caller.grant.allows(scope, &path) {
         return Err(GatewayError::InsufficientScope {
             scope,
             target: path.into_owned(),
@@ -213,32 +255,12 @@ where
     // Only a `PUT` creates, so only a `PUT` forks.
     if parts.method == Method::PUT
         && let Some(source) = stream_path::fork_source_of(&parts.headers, base, limits)?
-        && !grant.allows(Scope::Read, &source)
+        && !caller.grant.allows(Scope::Read, &source)
     {
         return Err(GatewayError::InsufficientScope {
             scope: Scope::Read,
             target: source.into_owned(),
         });
     }
-
-    let forwarding = Forwarding {
-        identity: Some(grant.identity.clone()),
-        query: forward_query,
-        client_ip,
-    };
-    let waits_for_news = parts.method == Method::GET;
-    let body = UntilRevoked::new(body, grant.clone());
-    let forward = gateway
-        .upstream
-        .forward(Request::from_parts(parts, body), forwarding);
-    let response = if waits_for_news {
-        // A long-poll's answer may be a long time coming.
-        tokio::select! {
-            response = forward => response?,
-            () = grant.ended() => return Err(GatewayError::InvalidToken("token revoked or expired")),
-        }
-    } else {
-        forward.await?
-    };
-    Ok(response.map(|body| Body::new(UntilRevoked::new(body, grant))))
+    Ok(caller)
 }

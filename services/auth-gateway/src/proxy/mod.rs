@@ -4,10 +4,12 @@
 //!
 //! Dropping the client's request or response drops the upstream one, so a
 //! client that disconnects cancels its upstream request. Hop-by-hop headers
-//! (RFC 9110 §7.6.1) stay on their hop; credentials never travel upstream;
-//! identity and `X-Forwarded-*` headers are the gateway's own; `Location`
-//! points at the gateway; and answers to these authenticated requests are
-//! kept out of shared caches (see [`restrict_caching`]).
+//! (RFC 9110 §7.6.1) stay on their hop; gateway credentials never travel
+//! upstream (the one bearer that does is stream-server's own, see
+//! [`Passage::ServerToken`]); identity and `X-Forwarded-*` headers are the
+//! gateway's own; `Location` points at the gateway; and answers to
+//! authenticated requests are kept out of shared caches (see
+//! [`restrict_caching`]).
 
 pub mod revocation;
 
@@ -47,32 +49,35 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-/// The IP address a connection comes from, rendered once per connection as
-/// the entry this hop adds to `X-Forwarded-For` (formatting an address is
-/// most of what that header costs per request).
-#[derive(Debug, Clone)]
-pub struct ClientIp {
-    /// `None` only if the text could not be a header value, which the text
-    /// of an IP address always can.
-    pub forwarded_for: Option<HeaderValue>,
-}
-
-impl ClientIp {
-    pub fn new(ip: IpAddr) -> ClientIp {
-        ClientIp {
-            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
-        }
-    }
+/// On whose word a request goes upstream, which decides what happens to
+/// its credentials and identity headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passage {
+    /// A gateway token the gateway checked: its credentials end here and
+    /// the identity headers name its holder.
+    Token,
+    /// A subscription callback, ack or release (PROTOCOL §7): its bearer is
+    /// stream-server's own callback or claim token, passed on untouched for
+    /// stream-server to verify. No identity headers: the gateway vouches
+    /// for no one.
+    ServerToken,
+    /// Public material (the webhook signing keys, PROTOCOL §6.5): no
+    /// credentials or identity go upstream, and the answer keeps upstream's
+    /// caching, since it is the same for everyone.
+    Public,
 }
 
 /// What the handler learned about a request that the proxy needs.
 #[derive(Debug)]
 pub struct Forwarding {
+    pub passage: Passage,
+    /// Sent only with [`Passage::Token`].
     pub identity: Option<Identity>,
     /// The query to send upstream (credentials removed).
     pub query: Option<String>,
-    /// The client's address as [`ClientIp`] renders it.
-    pub client_ip: Option<HeaderValue>,
+    /// The address of the connection the request came on, added to
+    /// `X-Forwarded-For`.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// The pooled client for one stream-server.
@@ -201,11 +206,16 @@ impl Upstream {
             &mut parts.headers,
             &forwarding,
             &self.host,
-            self.forwarded_host(&parts.uri),
+            self.forwarded_host(&client_uri),
             self.public_is_https(),
         );
         // The pool speaks HTTP/1.1 to stream-server whatever the client used.
         parts.version = Version::HTTP_11;
+        // stream-server continues the trace below this hop's span.
+        if let Some(span) = service_common::telemetry::current_span() {
+            service_common::telemetry::http::inject(&span, &mut parts.headers);
+            span.record("url.full", tracing::field::display(&parts.uri));
+        }
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let upstream_request = Request::from_parts(parts, Body::new(Limited::new(body, limit)));
 
@@ -227,7 +237,9 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         let public_origin = || self.public_origin_for(client_host.as_ref(), &client_uri);
         prepare_response_headers(&mut parts.headers, &self.origin, public_origin);
-        restrict_caching(&mut parts.headers, cacheable, self.shared_cache);
+        if forwarding.passage != Passage::Public {
+            restrict_caching(&mut parts.headers, cacheable, self.shared_cache);
+        }
         Ok(http::Response::from_parts(parts, body))
     }
 
@@ -338,11 +350,17 @@ fn prepare_request_headers(
     let client_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers);
     headers.insert(header::HOST, upstream_host.clone());
-    // Credentials end at the gateway; identity is the gateway's to assert
-    // (inserting replaces whatever the client sent).
-    headers.remove(header::AUTHORIZATION);
+    // Credentials end at the gateway, but for stream-server's own tokens;
+    // identity is the gateway's to assert (inserting replaces whatever the
+    // client sent), and only for a token it checked.
+    if forwarding.passage != Passage::ServerToken {
+        headers.remove(header::AUTHORIZATION);
+    }
     headers.remove(header::PROXY_AUTHORIZATION);
-    let identity = forwarding.identity.as_ref();
+    let identity = forwarding
+        .identity
+        .as_ref()
+        .filter(|_| forwarding.passage == Passage::Token);
     for (name, value) in [
         (X_AUTH_SUBJECT, identity.and_then(|i| i.subject.as_ref())),
         (X_AUTH_TOKEN_ID, identity.and_then(|i| i.token_id.as_ref())),
@@ -352,21 +370,21 @@ fn prepare_request_headers(
             None => headers.remove(name),
         };
     }
-    if let Some(client_ip) = &forwarding.client_ip {
+    if let Some(client_ip) = forwarding.client_ip {
+        let client_ip = client_ip.to_string();
         match headers.entry(X_FORWARDED_FOR) {
             Entry::Vacant(slot) => {
-                slot.insert(client_ip.clone());
+                if let Ok(entry) = HeaderValue::from_str(&client_ip) {
+                    slot.insert(entry);
+                }
             }
             Entry::Occupied(mut earlier) => {
                 // A chain that is not text starts over at this hop.
                 let chain = match earlier.get().to_str() {
-                    Ok(text) => HeaderValue::from_bytes(
-                        &[text.as_bytes(), b", ", client_ip.as_bytes()].concat(),
-                    )
-                    .ok(),
-                    Err(_) => Some(client_ip.clone()),
+                    Ok(text) => HeaderValue::from_str(&format!("{text}, {client_ip}")),
+                    Err(_) => HeaderValue::from_str(&client_ip),
                 };
-                if let Some(chain) = chain {
+                if let Ok(chain) = chain {
                     earlier.insert(chain);
                 }
             }
@@ -502,9 +520,10 @@ mod tests {
 
     fn forwarding() -> Forwarding {
         Forwarding {
+            passage: Passage::Token,
             identity: Some(Identity::new("alice", "t-1")),
             query: None,
-            client_ip: ClientIp::new("10.0.0.7".parse().expect("ip")).forwarded_for,
+            client_ip: Some("10.0.0.7".parse().expect("ip")),
         }
     }
 
@@ -598,6 +617,47 @@ mod tests {
         assert_eq!(headers["host"], "127.0.0.1:4437");
         assert_eq!(headers["x-forwarded-host"], "gw.example");
         assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn only_server_tokens_keep_their_bearer_and_only_gateway_tokens_name_anyone() {
+        let upstream_host = HeaderValue::from_static("127.0.0.1:4437");
+        for (passage, keeps_bearer) in [
+            (Passage::Token, false),
+            (Passage::ServerToken, true),
+            (Passage::Public, false),
+        ] {
+            let mut headers = map(&[
+                ("authorization", "Bearer callback-token"),
+                ("proxy-authorization", "Basic x"),
+                ("x-auth-subject", "mallory"),
+                ("x-auth-token-id", "forged"),
+            ]);
+            let forwarding = Forwarding {
+                passage,
+                ..forwarding()
+            };
+            prepare_request_headers(&mut headers, &forwarding, &upstream_host, None, false);
+            let bearer = headers.get("authorization").map(|v| v.as_bytes());
+            assert_eq!(
+                bearer,
+                keeps_bearer.then_some(b"Bearer callback-token".as_slice()),
+                "{passage:?}"
+            );
+            assert!(headers.get("proxy-authorization").is_none());
+            let named = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
+            let token = passage == Passage::Token;
+            assert_eq!(
+                named("x-auth-subject"),
+                token.then(|| b"alice".to_vec()),
+                "{passage:?}"
+            );
+            assert_eq!(
+                named("x-auth-token-id"),
+                token.then(|| b"t-1".to_vec()),
+                "{passage:?}"
+            );
+        }
     }
 
     #[test]
@@ -783,14 +843,6 @@ mod tests {
             unconfigured.public_origin_for(None, &client),
             "http://localhost"
         );
-    }
-
-    #[test]
-    fn client_ips_render_as_forwarded_for_entries() {
-        let rendered = |ip: &str| ClientIp::new(ip.parse().expect("ip")).forwarded_for;
-        assert_eq!(rendered("10.0.0.7").expect("v4"), "10.0.0.7");
-        assert_eq!(rendered("::1").expect("v6"), "::1");
-        assert_eq!(rendered("2001:db8::7").expect("v6"), "2001:db8::7");
     }
 
     #[test]

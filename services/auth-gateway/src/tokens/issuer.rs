@@ -7,11 +7,11 @@
 //! it as the issuer.
 
 use crate::auth::grant::{Excess, Grant};
-use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
 use crate::auth::token::{Claims, TokenKeys};
 use crate::tokens::store::{NewToken, StoreError, TokenRow, TokenStore};
 use serde::Serialize;
+use service_common::stream_pattern::StreamPattern;
 use std::time::Duration;
 use time::OffsetDateTime;
 

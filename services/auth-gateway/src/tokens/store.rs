@@ -8,8 +8,9 @@
 //! SQL. Columns a query cannot prove non-null (`RETURNING`, recursive
 //! queries) are marked `"name!"`; the table's constraints make them so.
 
-use crate::auth::pattern::StreamPattern;
 use crate::auth::scope::Scope;
+use crate::telemetry::db_query;
+use service_common::stream_pattern::StreamPattern;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
@@ -119,9 +120,8 @@ impl TokenStore {
 
     /// Whether Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query!("SELECT 1 AS one")
-            .fetch_one(&self.pool)
-            .await?;
+        let ping = sqlx::query!("SELECT 1 AS one");
+        db_query("SELECT", "1", ping, |q| q.fetch_one(&self.pool)).await?;
         Ok(())
     }
 
@@ -136,12 +136,11 @@ impl TokenStore {
 
     /// Records that these tokens were used, in one statement.
     pub async fn mark_used(&self, ids: &[String]) -> Result<(), StoreError> {
-        sqlx::query!(
+        let update = sqlx::query!(
             "UPDATE tokens SET last_used_at = now() WHERE id = ANY($1)",
             ids
-        )
-        .execute(&self.pool)
-        .await?;
+        );
+        db_query("UPDATE", "tokens", update, |q| q.execute(&self.pool)).await?;
         Ok(())
     }
 
@@ -209,9 +208,8 @@ impl TokenStore {
                     revoked_at, last_used_at, issued_by
              FROM tokens WHERE id = $1",
             id
-        )
-        .fetch_optional(&self.pool)
-        .await?;
+        );
+        let row = db_query("SELECT", "tokens", row, |q| q.fetch_optional(&self.pool)).await?;
         Ok(row)
     }
 
@@ -223,9 +221,8 @@ impl TokenStore {
                     revoked_at, last_used_at, issued_by
              FROM tokens WHERE id = ANY($1)",
             ids
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = db_query("SELECT", "tokens", rows, |q| q.fetch_all(&self.pool)).await?;
         Ok(rows)
     }
 

@@ -19,8 +19,9 @@ use futures_util::StreamExt;
 use reqwest::Client;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -146,6 +147,24 @@ impl Drop for DropFlag {
     }
 }
 
+/// Serves `app` on `listener` (at `base`) until stopped, once it answers
+/// `/healthz`: how the tests' stand-ins for stream-server run.
+async fn serve_stub(listener: tokio::net::TcpListener, base: String, app: axum::Router) -> Running {
+    let (trigger, triggered) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = triggered.await;
+            })
+            .await
+    });
+    wait_healthy(&base).await;
+    Running {
+        base,
+        trigger: Some(trigger),
+    }
+}
+
 /// An upstream that shows what reached it:
 /// * `/v1/stream/echo/*` answers with the method, path, query and headers as JSON,
 ///   plus a `Location` on its own origin;
@@ -177,22 +196,7 @@ pub async fn inspecting_upstream() -> (Running, Arc<Inspection>) {
                 async move { inspect(request, seen, origin).await }
             }),
         );
-    let (trigger, triggered) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = triggered.await;
-            })
-            .await
-    });
-    wait_healthy(&base).await;
-    (
-        Running {
-            base,
-            trigger: Some(trigger),
-        },
-        inspection,
-    )
+    (serve_stub(listener, base, app).await, inspection)
 }
 
 async fn inspect(
@@ -253,6 +257,130 @@ async fn inspect(
         axum::Json(body),
     )
         .into_response()
+}
+
+/// One request that reached [`subscription_upstream`], as it arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub method: String,
+    /// The raw path, percent-encoding as sent.
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the subscription upstream holds, and every request it saw.
+#[derive(Default)]
+pub struct Subscriptions {
+    arrivals: Mutex<Vec<Arrival>>,
+    /// Subscription views by id, as `GET __ds/subscriptions/{id}` answers.
+    views: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl Subscriptions {
+    /// The requests under `/v1/stream/` so far (health checks left out).
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals.lock().expect("lock").clone()
+    }
+
+    /// Stores a subscription, as if another tenant had created it.
+    pub fn insert(&self, id: &str, view: serde_json::Value) {
+        self.views.lock().expect("lock").insert(id.to_owned(), view);
+    }
+}
+
+/// A stand-in for stream-server's control routes that records what
+/// reaches it: `GET __ds/jwks.json` answers a (public, cacheable) key set;
+/// `PUT`, `GET` and `DELETE __ds/subscriptions/{id}` keep subscriptions in
+/// memory (a `PUT` links its `streams` explicitly; unknown ids are `404`);
+/// anything else under `/v1/stream/` answers `200 {"ok":true}`.
+pub async fn subscription_upstream() -> (Running, Arc<Subscriptions>) {
+    let state = Arc::new(Subscriptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = state.clone();
+    let app = axum::Router::new()
+        .route("/healthz", any(|| async { "ok" }))
+        .route(
+            "/v1/stream/{*path}",
+            any(move |request: Request| {
+                let seen = seen.clone();
+                async move { control(request, seen).await }
+            }),
+        );
+    (serve_stub(listener, base, app).await, state)
+}
+
+async fn control(request: Request, state: Arc<Subscriptions>) -> axum::response::Response {
+    use http::{Method, StatusCode};
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("request body");
+    let path = parts.uri.path().to_owned();
+    state.arrivals.lock().expect("lock").push(Arrival {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    if path == "/v1/stream/__ds/jwks.json" {
+        return (
+            [
+                (http::header::CONTENT_TYPE, "application/jwk-set+json"),
+                (http::header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            r#"{"keys":[]}"#,
+        )
+            .into_response();
+    }
+    let Some(rest) = path.strip_prefix("/v1/stream/__ds/subscriptions/") else {
+        return axum::Json(serde_json::json!({"ok": true})).into_response();
+    };
+    if rest.contains('/') {
+        return axum::Json(serde_json::json!({"ok": true})).into_response();
+    }
+    let mut views = state.views.lock().expect("lock");
+    match parts.method {
+        Method::GET => match views.get(rest) {
+            Some(view) => axum::Json(view.clone()).into_response(),
+            None => (StatusCode::NOT_FOUND, "no such subscription").into_response(),
+        },
+        Method::DELETE => match views.remove(rest) {
+            Some(_) => StatusCode::NO_CONTENT.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        Method::PUT => {
+            let Ok(asked) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return StatusCode::BAD_REQUEST.into_response();
+            };
+            let links: Vec<serde_json::Value> = asked["streams"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|path| {
+                    serde_json::json!({"path": path, "link_type": "explicit", "acked_offset": "0"})
+                })
+                .collect();
+            let view = serde_json::json!({
+                "id": rest,
+                "type": asked["type"],
+                "pattern": asked["pattern"],
+                "streams": links,
+                "wake_stream": asked["wake_stream"],
+            });
+            if let Some(existing) = views.get(rest) {
+                // Re-confirmed (the stand-in does not compare configurations).
+                return axum::Json(existing.clone()).into_response();
+            }
+            views.insert(rest.to_owned(), view.clone());
+            (StatusCode::CREATED, axum::Json(view)).into_response()
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
 }
 
 async fn wait_healthy(base: &str) {

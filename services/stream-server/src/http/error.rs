@@ -8,6 +8,7 @@ use super::response::{TRUE, set_next_offset};
 use crate::protocol::headers::{self, HeaderError};
 use crate::protocol::producer::ProducerRejection;
 use crate::streams::StreamError;
+use crate::subscriptions::SubscriptionError;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use service_common::stream_path::PathError;
@@ -43,6 +44,10 @@ pub enum ApiError {
     /// 404: nothing is served at this URL.
     #[error("no such resource")]
     NoRoute,
+    /// A subscription request refused (§6–7); answered with the
+    /// `{"error": {"code": ...}}` body those APIs use.
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
 }
 
 impl ApiError {
@@ -57,6 +62,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::Subscription(e) => subscription_status(e),
         }
     }
 
@@ -121,8 +127,59 @@ fn stream_status(error: &StreamError) -> StatusCode {
     }
 }
 
+fn subscription_status(error: &SubscriptionError) -> StatusCode {
+    use SubscriptionError as E;
+    match error {
+        E::Invalid(_)
+        | E::BadRequest(_)
+        | E::UrlRejected(_)
+        | E::WrongType(..)
+        | E::InvalidAck(_) => StatusCode::BAD_REQUEST,
+        E::Unauthorized => StatusCode::UNAUTHORIZED,
+        E::NotFound => StatusCode::NOT_FOUND,
+        E::ConfigMismatch | E::Fenced | E::AlreadyClaimed { .. } | E::NothingPending => {
+            StatusCode::CONFLICT
+        }
+        E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The body of a refused subscription request: `{"error": {"code",
+/// "message", ...}}`, with the holder and generation of a claim that lost
+/// (§7.2). Reasons a client is not told (a store failure, why a URL was
+/// rejected) stay out of the message.
+fn subscription_response(error: &SubscriptionError) -> Response {
+    use SubscriptionError as E;
+    let message = match error {
+        E::Store(_) => "the server could not complete the operation".to_owned(),
+        E::UrlRejected(_) => "the webhook URL is not allowed".to_owned(),
+        other => other.to_string(),
+    };
+    let mut body = serde_json::json!({ "code": error.code(), "message": message });
+    if let E::AlreadyClaimed { holder, generation } = error {
+        body["current_holder"] = holder.as_str().into();
+        body["generation"] = (*generation).into();
+    }
+    let mut response = (
+        subscription_status(error),
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": body }).to_string(),
+    )
+        .into_response();
+    if matches!(error, E::Unauthorized) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Subscription(error) = &self {
+            return subscription_response(error);
+        }
         let reason = self.to_string();
         // Storage failures are the operator's to read, in the log.
         let detail = match &self {

@@ -7,6 +7,7 @@ use super::request::ReadQuery;
 use super::response::{CACHEABLE, NO_STORE, TRUE, data_response, etag, set_next_offset};
 use crate::protocol::{cursor, headers};
 use crate::streams::{Stream, StreamError};
+use crate::telemetry::{Live, LiveRead};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub async fn read(
     stream: Arc<Stream>,
     query: ReadQuery,
 ) -> Result<Response, ApiError> {
+    let mut live = LiveRead::start(Live::LongPoll);
     // Subscribe before reading so an append between the two still wakes us.
     let mut changes = stream.subscribe();
     let from = stream.start_of(query.from);
@@ -28,6 +30,7 @@ pub async fn read(
             .read_async(from, state.settings.max_read_bytes)
             .await?;
         if !read.slice.is_empty() {
+            live.delivered(read.slice.ends.len(), 0, read.slice.len());
             let tag = etag(&stream, &query.offset_text, &read);
             let mut response = data_response(&stream, read, Some(cursor));
             response.headers_mut().insert(header::ETAG, tag);

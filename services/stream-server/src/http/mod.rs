@@ -4,6 +4,7 @@
 //! * [`read`] — `GET` catch-up reads and `HEAD` metadata.
 //! * [`long_poll`] — `GET ?live=long-poll`.
 //! * [`sse`] — `GET ?live=sse`.
+//! * [`subscriptions`] — the reserved `__ds` routes (§6–7).
 //! * [`error`] — the one place errors become responses.
 
 pub mod error;
@@ -12,30 +13,34 @@ mod read;
 mod request;
 mod response;
 mod sse;
+mod subscriptions;
 mod write;
 
 use crate::config::Config;
 use crate::shutdown::ShutdownToken;
 use crate::streams::Streams;
+use crate::subscriptions::Subscriptions;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
 use bytes::Bytes;
 use error::ApiError;
 use futures_util::future::Either;
-use http::Method;
-use http::Response;
+use http::{Method, Response};
 use http_body::Body as HttpBody;
 use service_common::cors::BrowserCorsLayer;
-use service_common::stream_path::{PathLimits, stream_path_of};
+use service_common::middleware::Middleware;
+use service_common::stream_path::{self, PathLimits};
+use service_common::telemetry;
+use service_common::telemetry::http::RouteNames;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
+use tower::Service;
 
 /// Request-path settings derived from [`Config`].
 #[derive(Debug, Clone)]
@@ -48,6 +53,12 @@ pub struct Settings {
     pub path_limits: PathLimits,
     /// `https` when serving TLS; used to build absolute `Location` URLs.
     pub scheme: &'static str,
+    /// Scheme and authority of subscription callback and JWKS URLs, when
+    /// configured (`http.public_base_url`).
+    pub public_base_url: Option<String>,
+    pub trust_forwarded_headers: bool,
+    /// The origin used when a request names none (no `Host`).
+    pub fallback_origin: String,
 }
 
 impl Settings {
@@ -67,6 +78,13 @@ impl Settings {
             } else {
                 "http"
             },
+            public_base_url: config
+                .http
+                .public_base_url
+                .as_ref()
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            trust_forwarded_headers: config.http.trust_forwarded_headers,
+            fallback_origin: format!("http://localhost:{}", config.server.port),
         }
     }
 }
@@ -75,6 +93,7 @@ impl Settings {
 #[derive(Debug)]
 pub struct Shared {
     pub streams: Arc<Streams>,
+    pub subscriptions: Arc<Subscriptions>,
     pub settings: Settings,
     /// Cancelled on shutdown so live reads end promptly.
     pub shutdown: ShutdownToken,
@@ -100,45 +119,54 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The complete application: stream routes, health checks, CORS and the
-/// security headers every response carries (§12.7).
-///
-/// The middleware wraps the routes instead of being added with
-/// `Router::layer`, which would wrap every route in each layer separately:
-/// per request, that is a boxed clone and a boxed future for every layer.
-pub fn app(
+/// The complete application, put together once: stream routes, health
+/// checks, CORS, the security headers every response carries (§12.7), and
+/// a traced, measured server span per request (see
+/// `service_common::telemetry`). [`App::for_client`] makes the service for
+/// each connection.
+#[derive(Clone)]
+pub struct App {
     state: AppState,
-    cors_origins: Option<Vec<String>>,
-) -> impl Service<
-    Request,
-    Response = Response<impl HttpBody<Data = Bytes, Error = axum::Error> + Send + 'static>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    let base_path: Arc<str> = state.settings.base_path.as_str().into();
-    let others = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .fallback(|| async { ApiError::NoRoute });
-    let span = move |request: &Request| {
-        // Debug level: a span per request is measurable at tens of
-        // thousands of requests per second, so it is opt-in (and its
-        // fields are worked out only when it is on).
-        tracing::debug_span!(
-            "request",
-            method = %request.method(),
-            route = route_of(&base_path, request.uri().path())
-        )
-    };
-    ServiceBuilder::new()
-        .layer(TraceLayer::new_for_http().make_span_with(span))
-        .map_response(service_common::problem::log_refusal)
-        .map_response(service_common::security::add)
-        .layer(cors(cors_origins))
-        .service(Routes { state, others })
+    others: Router,
+    middleware: Middleware,
+}
+
+impl App {
+    pub fn new(state: AppState, cors_origins: Option<Vec<String>>) -> App {
+        let others = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ready" }))
+            .fallback(|| async { ApiError::NoRoute });
+        let names = RouteNames::new(&state.settings.base_path, &["/healthz", "/readyz"]);
+        App {
+            state,
+            others,
+            middleware: Middleware::new(names, cors(cors_origins)),
+        }
+    }
+
+    /// The service for the requests of one connection from `client`.
+    ///
+    /// Stream URLs go past the axum router, which is measurably cheaper
+    /// per request (`tests/load/benchmarks.md`).
+    pub fn for_client(
+        &self,
+        client: Option<IpAddr>,
+    ) -> impl Service<
+        Request,
+        Response = Response<impl HttpBody<Data = Bytes, Error = axum::Error> + Send + 'static>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        let routes = Routes {
+            state: self.state.clone(),
+            others: self.others.clone(),
+        };
+        service_common::middleware::wrap(routes, &self.middleware, client)
+    }
 }
 
 /// Stream URLs go straight to [`dispatch`], everything else to the router.
@@ -167,7 +195,9 @@ impl Service<Request> for Routes {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if stream_path_of(&self.state.settings.base_path, request.uri().path()).is_some() {
+        if stream_path::stream_path_of(&self.state.settings.base_path, request.uri().path())
+            .is_some()
+        {
             let state = self.state.clone();
             Either::Left(Box::pin(async move { Ok(dispatch(state, request).await) }))
         } else {
@@ -176,19 +206,24 @@ impl Service<Request> for Routes {
     }
 }
 
-/// The route a request path falls under, for request spans: the pattern
-/// rather than the path keeps stream names out of logs.
-fn route_of(base: &str, path: &str) -> String {
-    match path {
-        "/healthz" | "/readyz" => path.to_owned(),
-        _ if stream_path_of(base, path).is_some() => format!("{base}/{{*path}}"),
-        _ => "unmatched".to_owned(),
+/// Lets `record` fill in the attributes of the request's server span that
+/// the handlers learn, when spans are exported (`ds.stream`,
+/// `ds.operation`, ...; declared in `service_common::telemetry::http`).
+fn record_span(record: impl FnOnce(&tracing::Span)) {
+    if let Some(span) = telemetry::current_span() {
+        record(&span);
     }
 }
 
-/// Routes a stream URL by method; anything else is 405.
+/// Routes a stream URL: the reserved `__ds` paths first (§6), then
+/// streams by method; anything else is 405.
 async fn dispatch(state: AppState, request: Request) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if let Some(rest) = control_path(&state, request.uri()) {
+        return subscriptions::handle(state, &rest, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     let result = match *request.method() {
         Method::GET => read::get(state, request).await,
         Method::HEAD => read::head(state, request),
@@ -200,24 +235,24 @@ async fn dispatch(state: AppState, request: Request) -> axum::response::Response
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The part after `__ds/` of a reserved path. Only paths whose raw form
+/// starts with `_` or an escape can decode to one, so other requests pay
+/// one byte comparison.
+fn control_path(state: &AppState, uri: &http::Uri) -> Option<String> {
+    let raw = stream_path::stream_path_of(&state.settings.base_path, uri.path())?;
+    if !raw.starts_with(['_', '%']) {
+        return None;
+    }
+    // A malformed control path is left to the stream handlers, which
+    // refuse it as the malformed path it is.
+    stream_path::control_path(raw, state.settings.path_limits)
+        .ok()
+        .flatten()
+}
+
 /// CORS: preflights are answered for any stream URL, every protocol header
 /// may be sent, and every protocol header is readable by scripts.
 fn cors(origins: Option<Vec<String>>) -> BrowserCorsLayer {
     use service_common::cors::{PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS};
     service_common::cors::layer(origins, PROTOCOL_REQUEST_HEADERS, PROTOCOL_RESPONSE_HEADERS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::route_of;
-
-    #[test]
-    fn spans_name_the_route_not_the_stream() {
-        let base = "/v1/stream";
-        assert_eq!(route_of(base, "/v1/stream/orders/eu"), "/v1/stream/{*path}");
-        assert_eq!(route_of(base, "/healthz"), "/healthz");
-        assert_eq!(route_of(base, "/v1/stream/"), "unmatched");
-        assert_eq!(route_of(base, "/v1/streams/x"), "unmatched");
-        assert_eq!(route_of(base, "/metrics"), "unmatched");
-    }
 }

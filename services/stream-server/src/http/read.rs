@@ -3,12 +3,12 @@
 //! [`super::long_poll`] and [`super::sse`]; what they share with catch-up
 //! reads is in [`super::response`], so neither imports from this module.
 
-use super::AppState;
 use super::error::ApiError;
 use super::request::{Live, ReadQuery, read_query, stream_path};
 use super::response::{
     CACHEABLE, NO_STORE, TRUE, data_response, etag, set_content_type, set_next_offset,
 };
+use super::{AppState, record_span};
 use super::{long_poll, sse};
 use crate::protocol::headers;
 use crate::protocol::offset::ReadFrom;
@@ -22,6 +22,17 @@ use std::sync::Arc;
 pub async fn get(state: AppState, request: Request) -> Result<Response, ApiError> {
     let path = stream_path(&state, request.uri())?;
     let query = read_query(request.uri())?;
+    record_span(|span| {
+        let (operation, live) = match query.live {
+            Live::CatchUp => ("read", None),
+            Live::LongPoll => ("long_poll", Some("long-poll")),
+            Live::Sse => ("sse", Some("sse")),
+        };
+        span.record("ds.stream", &*path);
+        span.record("ds.operation", operation);
+        span.record("ds.live", live);
+        span.record("ds.offset", query.offset_text.as_str());
+    });
     let stream = state.streams.get(&path, true)?;
     match query.live {
         Live::CatchUp => catch_up(&state, &stream, &query, request.headers()).await,
@@ -88,6 +99,10 @@ fn now_response(stream: &Stream) -> Response {
 /// `HEAD {stream-url}`: metadata only; does not count as a read for TTLs.
 pub fn head(state: AppState, request: Request) -> Result<Response, ApiError> {
     let path = stream_path(&state, request.uri())?;
+    record_span(|span| {
+        span.record("ds.stream", &*path);
+        span.record("ds.operation", "head");
+    });
     let stream: Arc<Stream> = state.streams.get(&path, false)?;
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();

@@ -11,7 +11,9 @@ use crate::protocol::sse::{
     put_data_event,
 };
 use crate::protocol::{cursor, headers, json};
+use crate::streams::stream::SharedFraming;
 use crate::streams::{ReadResult, Stream, StreamError, Tail};
+use crate::telemetry::{Live, LiveRead};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -48,6 +50,7 @@ pub async fn read(
         stream,
         started: false,
         finished: false,
+        live: LiveRead::start(Live::Sse),
     };
     let events = futures_util::stream::unfold(session, |mut session| async move {
         let event = session.next_event().await?;
@@ -96,6 +99,8 @@ struct Session {
     started: bool,
     /// The closing control event has been sent.
     finished: bool,
+    /// Counts what the connection delivered, for its span and metrics.
+    live: LiveRead,
 }
 
 impl Session {
@@ -178,38 +183,52 @@ impl Session {
         let up_to_date = read.up_to_date();
         let closed = read.closed && up_to_date;
         let (from, next) = (self.from, read.slice.next);
+        let messages = read.slice.ends.len();
+        let mut events = 0;
         let mut framed = BytesMut::new();
         if self.stream.config.is_json() {
             if !read.slice.is_empty() {
                 let array = json::array_body(read.slice.data);
                 put_data_event(&mut framed, &array, self.encoding);
+                events = 1;
             }
         } else if self.encoding == DataEncoding::Text {
             for message in read.slice.messages() {
                 put_data_event(&mut framed, &message, self.encoding);
             }
+            events = messages;
         } else if !read.slice.is_empty() {
             put_data_event(&mut framed, &read.slice.data, self.encoding);
+            events = 1;
         }
         put_control_head(&mut framed, next);
         self.from = next;
         self.finished = closed;
         if up_to_date && framed.len() <= MAX_SHARED_FRAMING {
-            let framed = framed.freeze();
+            let framed = SharedFraming {
+                bytes: framed.freeze(),
+                messages,
+                events,
+            };
             self.stream.share_delivery(from, next, framed.clone());
             self.finish_events(&framed, up_to_date, closed)
         } else {
             self.put_flags(&mut framed, up_to_date, closed);
+            // The data events and the control event.
+            self.live.delivered(messages, events + 1, framed.len());
             framed.freeze()
         }
     }
 
     /// `framed` (data events and a control event's head) followed by this
     /// connection's control fields.
-    fn finish_events(&self, framed: &[u8], up_to_date: bool, closed: bool) -> Bytes {
-        let mut out = BytesMut::with_capacity(framed.len() + control_tail_len(self.cursor.len()));
-        out.extend_from_slice(framed);
+    fn finish_events(&mut self, framed: &SharedFraming, up_to_date: bool, closed: bool) -> Bytes {
+        let capacity = framed.bytes.len() + control_tail_len(self.cursor.len());
+        let mut out = BytesMut::with_capacity(capacity);
+        out.extend_from_slice(&framed.bytes);
         self.put_flags(&mut out, up_to_date, closed);
+        self.live
+            .delivered(framed.messages, framed.events + 1, out.len());
         out.freeze()
     }
 

@@ -1,10 +1,10 @@
 //! The write side: `PUT` creates a stream or a fork (§5.1, §4.2), `POST`
 //! appends and/or closes (§5.2, §5.3), `DELETE` removes (§5.4).
 
-use super::AppState;
 use super::error::ApiError;
 use super::request::{self, stream_path};
 use super::response::{TRUE, set_content_type, set_next_offset};
+use super::{AppState, record_span};
 use crate::protocol::headers::{self, HeaderError};
 use crate::streams::{AppendRequest, CreateRequest, Created, Expiry, ForkRequest};
 use axum::extract::Request;
@@ -23,6 +23,17 @@ pub async fn create(state: AppState, request: Request) -> Result<Response, ApiEr
         fork: fork(&state, headers)?,
         body: request::body(body, headers, state.settings.max_body_bytes).await?,
     };
+    record_span(|span| {
+        let operation = if create.fork.is_some() {
+            "fork"
+        } else {
+            "create"
+        };
+        span.record("ds.stream", &*path);
+        span.record("ds.operation", operation);
+        span.record("ds.content_type", create.content_type.as_deref());
+        span.record("http.request.body.size", create.body.len());
+    });
     let (created, stream) = state.streams.create(&path, create).await?;
     let visible = stream.visible();
     let (next, closed) = (visible.next, visible.closed);
@@ -57,6 +68,18 @@ pub async fn append(state: AppState, request: Request) -> Result<Response, ApiEr
         producer: headers::producer(headers)?,
         body: request::body(body, headers, state.settings.max_body_bytes).await?,
     };
+    record_span(|span| {
+        let close_only = append.close && append.body.is_empty();
+        span.record("ds.stream", &*path);
+        span.record("ds.operation", if close_only { "close" } else { "append" });
+        span.record("ds.content_type", append.content_type.as_deref());
+        span.record("http.request.body.size", append.body.len());
+        if let Some(producer) = &append.producer {
+            span.record("ds.producer.id", producer.id.as_str());
+            span.record("ds.producer.epoch", producer.epoch);
+            span.record("ds.producer.seq", producer.seq);
+        }
+    });
     let has_producer = append.producer.is_some();
     let outcome = state.streams.append(&path, append).await?;
     let status = if has_producer && outcome.appended {
@@ -80,6 +103,10 @@ pub async fn append(state: AppState, request: Request) -> Result<Response, ApiEr
 /// `DELETE {stream-url}`: 204.
 pub async fn delete(state: AppState, request: Request) -> Result<Response, ApiError> {
     let path = stream_path(&state, request.uri())?;
+    record_span(|span| {
+        span.record("ds.stream", &*path);
+        span.record("ds.operation", "delete");
+    });
     state.streams.delete(&path).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

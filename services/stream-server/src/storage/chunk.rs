@@ -2,8 +2,8 @@
 //! read logic they share: finding message boundaries inside chunks and
 //! cutting a read on a boundary within its budget and limit.
 
+use super::MessageBatch;
 use super::{LogSlice, StorageError};
-use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -21,13 +21,18 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The chunk `messages` become when appended at `tail`.
-    pub fn appended(messages: &JsonMessages, tail: Offset) -> Chunk {
+    /// The chunk `messages` become when appended at `tail`, for caches
+    /// that outlive the request.
+    ///
+    /// The data is copied: a binary body can be a slice of the
+    /// connection's read buffer, and a cached slice would keep that whole
+    /// buffer alive while the cache counts only the slice.
+    pub fn appended(messages: &MessageBatch, tail: Offset) -> Chunk {
         Chunk {
-            messages_end: tail.messages + messages.ends.len() as u64,
-            end: tail.bytes + messages.encoded.len() as u64,
-            ends: messages.ends.iter().map(|&e| e as u32).collect(),
-            data: Bytes::copy_from_slice(&messages.encoded),
+            messages_end: tail.messages + messages.count() as u64,
+            end: tail.bytes + messages.byte_len() as u64,
+            ends: messages.ends().iter().map(|&e| e as u32).collect(),
+            data: Bytes::copy_from_slice(messages.data()),
         }
     }
 

@@ -8,8 +8,8 @@
 //! message is kept so reads stop on message boundaries and offsets can be
 //! checked.
 
+use super::MessageBatch;
 use super::{Commit, Engine, LogSlice, Mutation, Recovered, StorageError, StreamLog, StreamMeta};
-use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -36,7 +36,7 @@ impl Engine for MemoryEngine {
         _path: &str,
         _meta: &StreamMeta,
         base: Offset,
-        initial: Vec<JsonMessages>,
+        initial: Vec<MessageBatch>,
         _closed: bool,
     ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError> {
         let log = MemoryLog::new(base);
@@ -91,10 +91,10 @@ impl MemoryLog {
     }
 
     /// Appends validated messages; returns the new tail.
-    pub fn append(&self, messages: &JsonMessages) -> Offset {
+    pub fn append(&self, messages: &MessageBatch) -> Offset {
         let mut inner = self.inner.lock();
         let start = inner.ends.last().copied().unwrap_or(self.base.bytes);
-        let data = &messages.encoded;
+        let data = messages.data();
         if inner.pending.capacity() - inner.pending.len() < data.len() {
             // A full buffer becomes a frozen piece and the append starts a
             // new one: growing the buffer instead would copy everything
@@ -106,7 +106,7 @@ impl MemoryLog {
         inner.pending.extend_from_slice(data);
         inner
             .ends
-            .extend(messages.ends.iter().map(|&end| start + end as u64));
+            .extend(messages.ends().iter().map(|&end| start + end as u64));
         self.tail_of(&inner)
     }
 
@@ -226,11 +226,9 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn message(len: usize, seed: u8) -> JsonMessages {
-        JsonMessages {
-            encoded: (0..len).map(|i| seed.wrapping_add(i as u8)).collect(),
-            ends: vec![len],
-        }
+    fn message(len: usize, seed: u8) -> MessageBatch {
+        let body: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+        MessageBatch::single(body.into())
     }
 
     /// Appends that overflow one buffer after another, never read in
@@ -251,7 +249,7 @@ mod tests {
         ];
         for (seed, &len) in sizes.iter().cycle().take(40).enumerate() {
             let appended = message(len, seed as u8);
-            expected.extend_from_slice(&appended.encoded);
+            expected.extend_from_slice(appended.data());
             let tail = log.append(&appended);
             boundaries.push(tail.bytes);
         }

@@ -22,17 +22,21 @@
 //!   immediate durability, concurrent requests grouped into one transaction.
 //!   Its modules: the engine, tables and formats, row layout, one stream's
 //!   log, reads, the writer thread, settling.
+//! * [`MessageBatch`] — the messages of one append on their way in.
 //! * [`chunk`] — one stored append, and the reads the persistent engines
 //!   share.
 
+mod batch;
 pub mod chunk;
 pub mod file;
 pub mod memory;
 pub mod redb;
 
-use crate::protocol::json::JsonMessages;
+pub use batch::MessageBatch;
+
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
+use crate::telemetry::Requester;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -174,7 +178,7 @@ impl Close {
 /// One request's changes to a stream, applied atomically.
 #[derive(Debug, Default)]
 pub struct Mutation {
-    pub data: Option<JsonMessages>,
+    pub data: Option<MessageBatch>,
     pub producer: Option<ProducerEntry>,
     pub stream_seq: Option<String>,
     /// `Some` closes the stream.
@@ -205,8 +209,21 @@ impl Commit {
         Commit(None)
     }
 
-    pub fn pending(receiver: oneshot::Receiver<Result<(), StorageError>>) -> Self {
-        Commit(Some(receiver))
+    /// A change a storage thread makes durable later, reporting through
+    /// the returned [`Reply`]. Call on the request's task: the reply
+    /// remembers the request for tracing.
+    pub fn pending() -> (Reply, Commit) {
+        let (sender, receiver) = oneshot::channel();
+        let reply = Reply {
+            sender,
+            requester: Requester::current(),
+        };
+        (reply, Commit(Some(receiver)))
+    }
+
+    /// Whether there is anything to wait for.
+    pub fn is_pending(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Resolves when the change is durable.
@@ -215,6 +232,21 @@ impl Commit {
             None => Ok(()),
             Some(receiver) => receiver.await.unwrap_or(Err(StorageError::Stopped)),
         }
+    }
+}
+
+/// Where a storage thread reports whether a change became durable.
+#[derive(Debug)]
+pub struct Reply {
+    sender: oneshot::Sender<Result<(), StorageError>>,
+    /// The request waiting for it, which the group commit links to.
+    pub requester: Requester,
+}
+
+impl Reply {
+    /// Reports the outcome; a request that stopped waiting is no error.
+    pub fn send(self, outcome: Result<(), StorageError>) {
+        let _ = self.sender.send(outcome);
     }
 }
 
@@ -330,7 +362,7 @@ pub trait Engine: Send + Sync + fmt::Debug {
         path: &str,
         meta: &StreamMeta,
         base: Offset,
-        initial: Vec<JsonMessages>,
+        initial: Vec<MessageBatch>,
         closed: bool,
     ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError>;
 

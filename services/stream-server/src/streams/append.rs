@@ -2,15 +2,17 @@
 //! idempotent producers (§5.2.1) and `Stream-Seq` ordering.
 
 use super::stream::closing_producer;
-use super::{Stream, StreamError, Streams, log_bytes, raw_message};
+use super::{Stream, StreamError, Streams, log_bytes};
 use crate::protocol::headers::{ProducerHeaders, has_media_type};
 use crate::protocol::json::{self, JsonContext};
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::{self, ProducerCheck, ProducerRejection, ProducerState};
-use crate::storage::{Close, Commit, Mutation, ProducerEntry};
+use crate::storage::{Close, Commit, MessageBatch, Mutation, ProducerEntry};
+use crate::telemetry;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 /// What a `POST` asks for.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +47,7 @@ impl Streams {
         if request.body.is_empty() && !request.close {
             return Err(StreamError::EmptyAppend);
         }
+        let bytes = request.body.len();
         let (outcome, commit) = match self.submit_append(&stream, request) {
             Ok(submitted) => submitted,
             // Refusing because of a close another request made: only once
@@ -58,11 +61,18 @@ impl Streams {
         match commit {
             // Acknowledge, and let readers see it, only once it is durable.
             Some(commit) => {
-                if let Err(e) = commit.wait().await {
+                let span = super::commit_span(&commit, "append", bytes);
+                let durable = commit.wait().instrument(span);
+                if let Err(e) = durable.await {
                     self.fail(&stream, &e);
                     return Err(e.into());
                 }
                 stream.publish(outcome.next, outcome.closed, false);
+                if outcome.appended
+                    && let Some(observer) = self.observer()
+                {
+                    observer.appended(&stream);
+                }
             }
             // Nothing new to store: the answer rests on earlier requests'
             // changes, so it waits for those to be durable.
@@ -98,8 +108,9 @@ impl Streams {
                     JsonContext::Append,
                     self.limits.max_json_depth,
                 )
+                .map(MessageBatch::from)
                 .map_err(StreamError::from),
-                Some(_) => Ok(raw_message(&request.body)),
+                Some(_) => Ok(MessageBatch::single(request.body.clone())),
             })
         };
 
@@ -165,11 +176,12 @@ impl Streams {
                 last: last.clone(),
             });
         }
-        let added = messages.as_ref().map_or(0, |m| m.encoded.len() as u64);
+        let added = messages.as_ref().map_or(0, |m| m.byte_len() as u64);
         self.reserve(log_bytes(&*state.log), added)?;
 
         // Every check passed: store the whole request as one mutation.
         let appended = messages.is_some();
+        let count = messages.as_ref().map_or(0, MessageBatch::count);
         let mutation = Mutation {
             data: messages,
             producer: producer_check.map(|(p, next)| ProducerEntry {
@@ -189,6 +201,7 @@ impl Streams {
                 return Err(e.into());
             }
         };
+        telemetry::appended(added as usize, count);
         if let Some(seq) = request.stream_seq {
             state.last_seq = Some(seq);
         }

@@ -2,15 +2,16 @@
 //! forking one from another (§4.2).
 
 use super::stream::{ForkOrigin, StreamConfig, StreamState};
-use super::{DEFAULT_CONTENT_TYPE, Expiry, Stream, StreamError, Streams, raw_message};
+use super::{DEFAULT_CONTENT_TYPE, Expiry, Stream, StreamError, Streams};
 use crate::protocol::headers::{has_media_type, media_type};
-use crate::protocol::json::{self, JsonContext, JsonMessages};
+use crate::protocol::json::{self, JsonContext};
 use crate::protocol::offset::Offset;
-use crate::storage::{Commit, ExpiryRecord, ForkRecord, StreamMeta};
+use crate::storage::{Commit, ExpiryRecord, ForkRecord, MessageBatch, StreamMeta};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 /// What a `PUT` asks for.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +43,7 @@ pub enum Created {
 struct Prepared {
     config: StreamConfig,
     base: Offset,
-    initial: Vec<JsonMessages>,
+    initial: Vec<MessageBatch>,
     /// Bytes reserved against the memory limit.
     size: u64,
 }
@@ -79,10 +80,15 @@ impl Streams {
                 let (stream, commit) = self.store(path, prepared, request.closed)?;
                 let stream = Arc::new(stream);
                 slot.insert(Arc::clone(&stream));
+                if let Some(observer) = self.observer() {
+                    observer.created(&stream);
+                }
                 (stream, commit)
             }
         };
-        if let Err(e) = commit.wait().await {
+        let span = super::commit_span(&commit, "create", 0);
+        let durable = commit.wait().instrument(span);
+        if let Err(e) = durable.await {
             self.fail(&stream, &e);
             return Err(e.into());
         }
@@ -91,6 +97,9 @@ impl Streams {
             (state.log.tail(), state.closed)
         };
         stream.publish(tail, closed, false);
+        if let Some(observer) = self.observer() {
+            observer.appended(&stream);
+        }
         Ok((Created::New, stream))
     }
 
@@ -177,16 +186,19 @@ impl Streams {
         let initial = if request.body.is_empty() {
             None
         } else if config.is_json() {
-            Some(json::frame(
-                &request.body,
-                JsonContext::Create,
-                self.limits.max_json_depth,
-            )?)
+            Some(
+                json::frame(
+                    &request.body,
+                    JsonContext::Create,
+                    self.limits.max_json_depth,
+                )?
+                .into(),
+            )
         } else {
-            Some(raw_message(&request.body))
+            Some(MessageBatch::single(request.body.clone()))
         };
-        let initial: Vec<JsonMessages> = [prefix, initial].into_iter().flatten().collect();
-        let size: u64 = initial.iter().map(|m| m.encoded.len() as u64).sum();
+        let initial: Vec<MessageBatch> = [prefix, initial].into_iter().flatten().collect();
+        let size: u64 = initial.iter().map(|m| m.byte_len() as u64).sum();
         self.reserve(0, size)?;
         Ok(Prepared {
             config,
@@ -247,7 +259,7 @@ impl Streams {
         &self,
         request: &CreateRequest,
         fork: &ForkRequest,
-    ) -> Result<(StreamConfig, Offset, Option<JsonMessages>), StreamError> {
+    ) -> Result<(StreamConfig, Offset, Option<MessageBatch>), StreamError> {
         let source = match self.get(&fork.source, false) {
             Ok(source) => source,
             Err(StreamError::NotFound) => return Err(StreamError::ForkSourceNotFound),
@@ -342,12 +354,9 @@ fn sub_offset_prefix(
     at: Offset,
     count: u64,
     json_mode: bool,
-) -> Result<JsonMessages, StreamError> {
+) -> Result<MessageBatch, StreamError> {
     let out_of_range = StreamError::ForkSubOffsetOutOfRange { sub_offset: count };
-    let mut prefix = JsonMessages {
-        encoded: Vec::new(),
-        ends: Vec::new(),
-    };
+    let mut prefix = Vec::new();
     let mut from = at;
     let messages = if json_mode { count } else { 1 };
     for _ in 0..messages {
@@ -356,18 +365,16 @@ fn sub_offset_prefix(
         if read.slice.is_empty() {
             return Err(out_of_range);
         }
-        let message: Vec<u8> = read.slice.data.concat();
-        if json_mode {
-            prefix.encoded.extend_from_slice(&message);
-        } else {
+        let mut message: Vec<u8> = read.slice.data.concat();
+        if !json_mode {
             let take = usize::try_from(count).map_err(|_| out_of_range.clone())?;
             if take > message.len() {
                 return Err(out_of_range);
             }
-            prefix.encoded.extend_from_slice(&message[..take]);
+            message.truncate(take);
         }
-        prefix.ends.push(prefix.encoded.len());
+        prefix.push(message);
         from = read.slice.next;
     }
-    Ok(prefix)
+    Ok(MessageBatch::of(prefix))
 }

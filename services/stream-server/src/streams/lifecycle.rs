@@ -72,6 +72,9 @@ impl Streams {
             }
             self.map
                 .remove_if(&current.path, |_, s| Arc::ptr_eq(s, &current));
+            if let Some(observer) = self.observer() {
+                observer.removed(&current.path);
+            }
             let Some(fork) = &current.config.fork else {
                 return Ok(commits);
             };

@@ -30,13 +30,13 @@ pub use read::ReadResult;
 pub use stream::{Expiry, Stream, Tail};
 
 use crate::protocol::headers::media_type;
-use crate::protocol::json::{self, JsonMessages};
-use crate::storage::{Engine, ExpiryRecord, StorageError};
-use bytes::Bytes;
+use crate::protocol::json;
+use crate::protocol::offset::Offset;
+use crate::storage::{Commit, Engine, ExpiryRecord, StorageError};
 use dashmap::DashMap;
 use lifecycle::Removals;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use stream::{ForkOrigin, StreamConfig, StreamState, producer_headers};
 use time::OffsetDateTime;
@@ -66,6 +66,19 @@ impl Default for StorageLimits {
     }
 }
 
+/// What learns of streams appearing, growing and going away: the
+/// subscriptions (`crate::subscriptions`), which link new streams and wake
+/// on new data. Called on the request path, so implementations only note
+/// what happened and return.
+pub trait StreamObserver: Send + Sync + std::fmt::Debug {
+    /// `stream` was just created; none of its data is visible yet.
+    fn created(&self, stream: &Arc<Stream>);
+    /// New data of `stream` became visible.
+    fn appended(&self, stream: &Arc<Stream>);
+    /// The stream at `path` was removed.
+    fn removed(&self, path: &str);
+}
+
 /// Every stream, by path.
 #[derive(Debug)]
 pub struct Streams {
@@ -74,6 +87,7 @@ pub struct Streams {
     limits: StorageLimits,
     memory_used: AtomicU64,
     removals: Removals,
+    observer: OnceLock<Arc<dyn StreamObserver>>,
 }
 
 impl Streams {
@@ -85,6 +99,7 @@ impl Streams {
             limits,
             memory_used: AtomicU64::new(0),
             removals: Removals::new(),
+            observer: OnceLock::new(),
         };
         for recovered in streams.engine.recover()? {
             let fork = match &recovered.meta.fork {
@@ -145,6 +160,33 @@ impl Streams {
             streams.remove(&orphan)?;
         }
         Ok(streams)
+    }
+
+    /// Tells `observer` of every stream created, appended to or removed
+    /// from now on; one observer at most (a second is ignored).
+    pub fn observe(&self, observer: Arc<dyn StreamObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observer(&self) -> Option<&Arc<dyn StreamObserver>> {
+        self.observer.get()
+    }
+
+    /// The paths and visible tails of the live streams (not soft-deleted).
+    pub fn tails(&self) -> Vec<(String, Offset)> {
+        self.map
+            .iter()
+            .filter(|s| !s.visible().gone)
+            .map(|s| (s.key().clone(), s.visible().next))
+            .collect()
+    }
+
+    /// The visible tail of the live stream at `path`, without counting as
+    /// an access.
+    pub fn tail(&self, path: &str) -> Option<Offset> {
+        let stream = self.map.get(path)?;
+        let tail = stream.visible();
+        (!tail.gone).then_some(tail.next)
     }
 
     /// Number of streams held, soft-deleted ones included.
@@ -224,10 +266,20 @@ fn expiry_of(record: ExpiryRecord) -> Expiry {
     }
 }
 
-/// A non-JSON body is one message.
-fn raw_message(body: &Bytes) -> JsonMessages {
-    JsonMessages {
-        encoded: body.to_vec(),
-        ends: vec![body.len()],
+/// The span of waiting until storage has made a change durable: the
+/// fsync, journal write or redb commit, which the engine may share with
+/// other requests' changes (group commit; its own span links back to each
+/// request). None when the change is durable already (memory, file-fast):
+/// there is nothing to wait for.
+fn commit_span(commit: &Commit, operation: &'static str, bytes: usize) -> tracing::Span {
+    if !service_common::telemetry::tracing_enabled() || !commit.is_pending() {
+        return tracing::Span::none();
     }
+    tracing::info_span!(
+        target: service_common::telemetry::TARGET,
+        "storage commit",
+        otel.kind = "internal",
+        ds.operation = operation,
+        ds.bytes = bytes,
+    )
 }

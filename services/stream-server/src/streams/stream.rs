@@ -146,7 +146,19 @@ pub struct Stream {
 struct Delivery {
     from: Offset,
     next: Offset,
-    framed: Bytes,
+    framed: SharedFraming,
+}
+
+/// SSE events framing some of a stream's data, which subscribers at the
+/// same position share (see [`Stream::shared_delivery`]).
+#[derive(Debug, Clone)]
+pub struct SharedFraming {
+    /// The data events and the head of the control event after them.
+    pub bytes: Bytes,
+    /// Messages in the data events.
+    pub messages: usize,
+    /// Data events, not counting the control event.
+    pub events: usize,
 }
 
 impl Stream {
@@ -205,7 +217,7 @@ impl Stream {
     /// would read and frame the same bytes: the first one keeps its
     /// framing here and the others copy it. Stored data never changes, so
     /// the framing of a range stays right for as long as the stream lives.
-    pub fn shared_delivery(&self, from: Offset, next: Offset) -> Option<Bytes> {
+    pub fn shared_delivery(&self, from: Offset, next: Offset) -> Option<SharedFraming> {
         match &*self.delivery.lock() {
             Some(kept) if kept.from == from && kept.next == next => Some(kept.framed.clone()),
             _ => None,
@@ -215,7 +227,7 @@ impl Stream {
     /// Keeps `framed`, the framing of the data from `from` to `next`, for
     /// [`Stream::shared_delivery`], in place of the one kept before; only
     /// while someone else watches the stream, who could use it.
-    pub fn share_delivery(&self, from: Offset, next: Offset, framed: Bytes) {
+    pub fn share_delivery(&self, from: Offset, next: Offset, framed: SharedFraming) {
         if self.visible.receiver_count() > 1 {
             *self.delivery.lock() = Some(Delivery { from, next, framed });
         }

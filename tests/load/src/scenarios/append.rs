@@ -6,7 +6,7 @@
 //! C = N every stream has exactly one writer, and with N > C each
 //! connection cycles over its own share of streams.
 
-use super::{RunContext, join_workers, per_second, seconds_since};
+use super::{RunContext, per_second, run_workers};
 use crate::pattern::Pattern;
 use crate::progress::{Counters, Progress};
 use crate::protocol::{self, JSON, OCTET_STREAM, Producer, append_to_stream, create_stream};
@@ -127,7 +127,7 @@ pub struct ServerCpu {
 }
 
 impl ServerCpu {
-    fn between(before: CpuTime, after: CpuTime, appends: u64) -> Option<Self> {
+    pub fn between(before: CpuTime, after: CpuTime, appends: u64) -> Option<Self> {
         if appends == 0 {
             return None;
         }
@@ -255,22 +255,17 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
     });
     let counters = Counters::default();
     let progress = Progress::start("append", "appends", counters.clone(), context.quiet);
-    let cpu_before = options.server_pid.map(cpu_time).transpose()?;
-    let start = Instant::now();
-    let deadline = start + context.duration;
-    let workers = (0..options.connections)
-        .map(|worker| {
-            let context = context.clone();
-            let plan = Arc::clone(&plan);
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                append_worker(worker, &context, &plan, deadline, &counters).await
-            })
-        })
-        .collect();
-    let tallies = join_workers(workers).await;
-    let elapsed_s = seconds_since(start);
-    let cpu_after = options.server_pid.map(cpu_time).transpose()?;
+    let run = run_workers(
+        context,
+        options.connections,
+        options.server_pid,
+        |worker, deadline| {
+            let (context, plan, counters) = (context.clone(), Arc::clone(&plan), counters.clone());
+            async move { append_worker(worker, &context, &plan, deadline, &counters).await }
+        },
+    )
+    .await?;
+    let (tallies, elapsed_s) = (run.results, run.elapsed_s);
     progress.finish();
     context.remove_streams(&plan.streams).await;
     let tallies = tallies?;
@@ -299,10 +294,24 @@ pub async fn run(context: &RunContext, options: &AppendOptions) -> anyhow::Resul
         errors,
         producer_duplicates: duplicates,
         connections_opened: opened,
-        server_cpu: cpu_before
-            .zip(cpu_after)
+        server_cpu: run
+            .server_cpu
             .and_then(|(before, after)| ServerCpu::between(before, after, appends)),
     })
+}
+
+/// Counts an append that failed; after a transport error, pauses briefly
+/// so that a worker does not spin against a server that is down.
+pub(super) async fn append_failed(
+    error: &protocol::OpError,
+    counters: &Counters,
+    errors: &mut ErrorTally,
+) {
+    counters.add_error();
+    errors.record(error);
+    if matches!(error, protocol::OpError::Transport { .. }) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// One connection appending until the deadline.
@@ -356,13 +365,7 @@ async fn append_worker(
                 }
             }
             Err(error) => {
-                counters.add_error();
-                let transport = matches!(error, protocol::OpError::Transport { .. });
-                tally.errors.record(&error);
-                if transport {
-                    // Do not spin against a server that is down.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                append_failed(&error, counters, &mut tally.errors).await;
             }
         }
     }

@@ -7,6 +7,8 @@
 //! * [`live`] — delivery latency and exactly-once order to subscribers.
 //! * [`fanout`] — many SSE subscribers on one stream; server memory.
 //! * [`churn`] — create → append → read → delete cycles.
+//! * [`subscriptions`] — appends under a pull-wake subscription on every
+//!   stream, and the wake latency of its consumer.
 //! * [`delivery`] — the writer/subscriber engine `live` and `fanout` use.
 
 pub mod append;
@@ -15,11 +17,14 @@ pub mod delivery;
 pub mod fanout;
 pub mod live;
 pub mod read;
+pub mod subscriptions;
 
 use crate::client::Connection;
 use crate::protocol::delete_stream;
+use crate::system::{CpuTime, cpu_time};
 use crate::target::Target;
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -134,6 +139,43 @@ pub fn per_second(count: u64, seconds: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// A timed run of workers: each one's result, how long they ran, and the
+/// server's CPU time just before and after.
+pub struct TimedRun<T> {
+    pub results: anyhow::Result<Vec<T>>,
+    pub elapsed_s: f64,
+    pub server_cpu: Option<(CpuTime, CpuTime)>,
+}
+
+/// Runs `connections` workers, each given its index and the run's deadline,
+/// and reads the CPU time of `server_pid` around them.
+pub async fn run_workers<T, F, Fut>(
+    context: &RunContext,
+    connections: usize,
+    server_pid: Option<u32>,
+    worker: F,
+) -> anyhow::Result<TimedRun<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, tokio::time::Instant) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let cpu_before = server_pid.map(cpu_time).transpose()?;
+    let start = tokio::time::Instant::now();
+    let deadline = start + context.duration;
+    let workers = (0..connections)
+        .map(|index| tokio::spawn(worker(index, deadline)))
+        .collect();
+    let results = join_workers(workers).await;
+    let elapsed_s = seconds_since(start);
+    let cpu_after = server_pid.map(cpu_time).transpose()?;
+    Ok(TimedRun {
+        results,
+        elapsed_s,
+        server_cpu: cpu_before.zip(cpu_after),
+    })
 }
 
 /// Waits for every worker; a worker that panicked or failed fails the run.

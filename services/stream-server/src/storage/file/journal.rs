@@ -37,9 +37,10 @@
 //!   one, so entries from before a restart never replay again.
 
 use super::record::{HEADER, Records, frame_in_place};
-use super::syncer::{Reply, sync_all};
+use super::syncer::sync_all;
 use super::{LOG_FILE, io, sync_dir};
-use crate::storage::StorageError;
+use crate::storage::{Reply, StorageError};
+use crate::telemetry::GroupCommit;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -336,6 +337,14 @@ impl Journal {
                     Request::Checkpoint(reply) => checkpoints.push(reply),
                 }
             }
+            // A checkpoint alone serves no request.
+            let commit = (!replies.is_empty()).then(|| {
+                GroupCommit::start(
+                    "journal write",
+                    "file-durable",
+                    replies.iter().map(|r: &Reply| &r.requester),
+                )
+            });
             let mut synced = Ok(());
             if !entries.is_empty() {
                 match self.write(&entries) {
@@ -350,11 +359,14 @@ impl Journal {
             if !checkpoints.is_empty() && synced.is_ok() {
                 synced = self.checkpoint();
             }
+            if let Some(commit) = commit {
+                commit.finish(synced.is_ok());
+            }
             if let Err(e) = &synced {
                 tracing::error!(error = %e, entries = entries.len(), "journal write failed");
             }
             for reply in replies.drain(..) {
-                let _ = reply.send(synced.clone());
+                reply.send(synced.clone());
             }
             for reply in checkpoints.drain(..) {
                 let _ = reply.send(synced.clone());

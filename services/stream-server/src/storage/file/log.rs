@@ -20,7 +20,6 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::oneshot;
 
 /// A sparse index entry is kept for every this many bytes of log.
 const INDEX_EVERY: u64 = 64 * 1024;
@@ -230,7 +229,7 @@ impl FileLog {
             // Queued while the writer lock is held, so a stream's records
             // reach its journal shard in log order.
             Some(journal) => {
-                let (reply, receiver) = oneshot::channel();
+                let (reply, commit) = Commit::pending();
                 let request = if journal.takes(record.len()) {
                     let entry = journal::Entry {
                         stream: self.id,
@@ -242,7 +241,7 @@ impl FileLog {
                     journal::Request::SyncLog(Arc::clone(&self.file), reply)
                 };
                 journal.send(self.id, request)?;
-                Ok(Commit::pending(receiver))
+                Ok(commit)
             }
             None => {
                 self.mark_unsynced()?;

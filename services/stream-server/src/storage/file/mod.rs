@@ -46,8 +46,8 @@ pub use log::FileLog;
 
 use super::chunk::RecentChunks;
 use super::{Close, Commit, Engine, Mutation, Recovered, StorageError, StreamLog, StreamMeta};
-use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
+use crate::storage::MessageBatch;
 use record::encode_mutation;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -216,7 +216,7 @@ impl Engine for FileEngine {
         path: &str,
         meta: &StreamMeta,
         base: Offset,
-        initial: Vec<JsonMessages>,
+        initial: Vec<MessageBatch>,
         closed: bool,
     ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

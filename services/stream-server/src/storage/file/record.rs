@@ -68,21 +68,21 @@ pub(super) fn encode_mutation(mutation: &Mutation, tail: &mut Offset) -> Vec<u8>
     let data_len = mutation
         .data
         .as_ref()
-        .map_or(0, |m| 20 + 4 * m.ends.len() + m.encoded.len());
+        .map_or(0, |m| 20 + 4 * m.count() + m.byte_len());
     let mut body = Vec::with_capacity(HEADER + 2 + data_len + 64);
     body.extend_from_slice(&[0; HEADER]);
     body.extend_from_slice(&[KIND_MUTATION, 0]);
     if let Some(messages) = &mutation.data {
         flags |= HAS_DATA;
-        let end = tail.bytes + messages.encoded.len() as u64;
-        let messages_end = tail.messages + messages.ends.len() as u64;
+        let end = tail.bytes + messages.byte_len() as u64;
+        let messages_end = tail.messages + messages.count() as u64;
         body.extend_from_slice(&messages_end.to_le_bytes());
         body.extend_from_slice(&end.to_le_bytes());
-        body.extend_from_slice(&(messages.ends.len() as u32).to_le_bytes());
-        for &e in &messages.ends {
+        body.extend_from_slice(&(messages.count() as u32).to_le_bytes());
+        for &e in messages.ends() {
             body.extend_from_slice(&(e as u32).to_le_bytes());
         }
-        body.extend_from_slice(&messages.encoded);
+        body.extend_from_slice(messages.data());
         *tail = Offset::new(messages_end, end);
     }
     if let Some(ProducerEntry { id, state }) = &mutation.producer {
@@ -296,7 +296,7 @@ impl<'a> Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::json::JsonMessages;
+    use crate::storage::MessageBatch;
     use proptest::prelude::*;
 
     /// A scratch log file, removed on drop.
@@ -320,14 +320,8 @@ mod tests {
         }
     }
 
-    fn messages(bodies: &[&[u8]]) -> JsonMessages {
-        let mut encoded = Vec::new();
-        let mut ends = Vec::new();
-        for body in bodies {
-            encoded.extend_from_slice(body);
-            ends.push(encoded.len());
-        }
-        JsonMessages { encoded, ends }
+    fn messages(bodies: &[&[u8]]) -> MessageBatch {
+        MessageBatch::of(bodies)
     }
 
     /// Everything a decoded mutation record holds, comparable.
@@ -342,7 +336,7 @@ mod tests {
     fn expected(mutation: &Mutation, tail: Offset) -> Fields {
         let chunk = mutation.data.as_ref().map(|m| {
             let chunk = Chunk::appended(m, tail);
-            (chunk.messages_end, chunk.end, chunk.ends, m.encoded.clone())
+            (chunk.messages_end, chunk.end, chunk.ends, m.data().to_vec())
         });
         (
             chunk,
@@ -487,7 +481,7 @@ mod tests {
         ".{0,6}"
     }
 
-    fn arbitrary_messages() -> impl Strategy<Value = JsonMessages> {
+    fn arbitrary_messages() -> impl Strategy<Value = MessageBatch> {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 1..4).prop_map(|bodies| {
             let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
             messages(&bodies)

@@ -5,14 +5,14 @@
 //! journal's threads.
 
 use super::{SyncPolicy, io, journal, sync_dir};
-use crate::storage::{Commit, StorageError};
+use crate::storage::{Commit, Reply, StorageError};
+use crate::telemetry::GroupCommit;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use tokio::sync::oneshot;
 
 /// The engine's background I/O, so none of it runs on the async runtime:
 /// `file-durable`'s journal threads, and the I/O thread that syncs
@@ -32,8 +32,6 @@ pub(super) struct RemoveJob {
     pub(super) dir: PathBuf,
     pub(super) trash: PathBuf,
 }
-
-pub(super) type Reply = oneshot::Sender<Result<(), StorageError>>;
 
 enum IoRequest {
     Remove(RemoveJob, Reply),
@@ -73,11 +71,11 @@ impl Syncer {
     }
 
     fn send(&self, request: impl FnOnce(Reply) -> IoRequest) -> Result<Commit, StorageError> {
-        let (reply, receiver) = oneshot::channel();
+        let (reply, commit) = Commit::pending();
         self.requests
             .send(request(reply))
             .map_err(|_| StorageError::Stopped)?;
-        Ok(Commit::pending(receiver))
+        Ok(commit)
     }
 
     pub(super) fn remove(&self, job: RemoveJob) -> Result<Commit, StorageError> {
@@ -127,7 +125,7 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, durable: bool) {
             match request {
                 IoRequest::Remove(job, reply) => {
                     unsynced.remove(&job.id);
-                    let _ = reply.send(remove_stream(&job, durable));
+                    reply.send(remove_stream(&job, durable));
                 }
                 IoRequest::Filesystem(file, reply) => {
                     whole_filesystem = Some(file);
@@ -147,15 +145,24 @@ fn io_loop(incoming: &mpsc::Receiver<IoRequest>, durable: bool) {
                 }
             }
         }
+        // Only syncs someone waits for are traced: file-fast's interval
+        // passes serve no request.
+        let commit = (!after_sync.is_empty()).then(|| {
+            let mode = if durable { "file-durable" } else { "file-fast" };
+            GroupCommit::start("fsync", mode, after_sync.iter().map(|r| &r.requester))
+        });
         let synced = match &whole_filesystem {
             Some(file) => rustix::fs::syncfs(file.as_ref()).map_err(io),
             None => sync_all(&sync_now),
         };
+        if let Some(commit) = commit {
+            commit.finish(synced.is_ok());
+        }
         if let Err(e) = &synced {
             tracing::error!(error = %e, files = sync_now.len(), "log sync failed");
         }
         for reply in after_sync {
-            let _ = reply.send(synced.clone());
+            reply.send(synced.clone());
         }
         for reply in flushes {
             let _ = reply.send(synced.clone());

@@ -7,8 +7,8 @@ use super::reads::with_chunks_from;
 use super::rows::{ChunkHeader, recent_value};
 use super::settle::UnsettledIndex;
 use super::writer::{Job, Op, submit};
-use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
+use crate::storage::MessageBatch;
 use crate::storage::chunk::{self, Chunk, RecentChunks};
 use crate::storage::{Commit, LogSlice, Mutation, StorageError, StreamLog};
 use ::redb::Database;
@@ -57,19 +57,19 @@ impl RedbLog {
     /// Encodes `messages` as the next chunk and advances the written tail.
     /// The value starts with the `recent` row's prefix; a `chunks` row is
     /// the rest.
-    pub(super) fn next_chunk(&self, messages: &JsonMessages) -> (u64, Vec<u8>) {
+    pub(super) fn next_chunk(&self, messages: &MessageBatch) -> (u64, Vec<u8>) {
         let mut tail = self.tail.lock();
         // Under the tail lock, so the cache follows the log's order.
         self.recent
             .lock()
             .remember(Chunk::appended(messages, *tail));
-        let end = tail.bytes + messages.encoded.len() as u64;
+        let end = tail.bytes + messages.byte_len() as u64;
         let header = ChunkHeader {
-            messages_end: tail.messages + messages.ends.len() as u64,
-            ends: messages.ends.iter().map(|&e| e as u32).collect(),
+            messages_end: tail.messages + messages.count() as u64,
+            ends: messages.ends().iter().map(|&e| e as u32).collect(),
         };
         *tail = Offset::new(header.messages_end, end);
-        (end, recent_value(self.id, end, &header, &messages.encoded))
+        (end, recent_value(self.id, end, &header, messages.data()))
     }
 
     /// Calls `f` with this stream's stored chunks ending at or after

@@ -66,9 +66,9 @@ pub use settle::SETTLE_ROWS;
 
 use super::chunk::RecentChunks;
 use super::{Commit, Engine, Recovered, StorageError, StreamLog, StreamMeta};
-use crate::protocol::json::JsonMessages;
 use crate::protocol::offset::Offset;
 use crate::protocol::producer::ProducerState;
+use crate::storage::MessageBatch;
 use ::redb::{Database, ReadableTable};
 use rows::ChunkHeader;
 use std::collections::HashMap;
@@ -198,7 +198,7 @@ impl Engine for RedbEngine {
         path: &str,
         meta: &StreamMeta,
         base: Offset,
-        initial: Vec<JsonMessages>,
+        initial: Vec<MessageBatch>,
         closed: bool,
     ) -> Result<(Arc<dyn StreamLog>, Commit), StorageError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -28,11 +28,8 @@ fn meta() -> StreamMeta {
     }
 }
 
-fn message(body: &[u8]) -> JsonMessages {
-    JsonMessages {
-        encoded: body.to_vec(),
-        ends: vec![body.len()],
-    }
+fn message(body: &[u8]) -> MessageBatch {
+    MessageBatch::of([body])
 }
 
 /// Creates an empty stream at `path` and waits for its commit.

@@ -10,11 +10,11 @@ use super::rows::RECENT_PREFIX;
 use super::settle::{self, Drain, SETTLE_BYTES, Step, Unsettled, UnsettledIndex};
 use super::tables::{CHUNKS, PRODUCERS, RecentTable, STREAMS, StreamRecord};
 use crate::protocol::producer::ProducerState;
-use crate::storage::{Close, Commit, ProducerEntry, StorageError};
+use crate::storage::{Close, Commit, ProducerEntry, Reply, StorageError};
+use crate::telemetry::GroupCommit;
 use ::redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
-use tokio::sync::oneshot;
 
 /// Most requests folded into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -25,7 +25,7 @@ pub(super) const DIRECT_BYTES: usize = 16 * 1024;
 /// A write for the writer thread, with where to report its outcome.
 pub(super) struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<(), StorageError>>,
+    reply: Reply,
 }
 
 /// One request's change, as the writer thread applies it.
@@ -60,11 +60,11 @@ pub(super) enum Op {
 /// Queues `op` on the writer thread behind `writer`; the commit resolves
 /// once the transaction holding it has committed.
 pub(super) fn submit(writer: &mpsc::Sender<Job>, op: Op) -> Result<Commit, StorageError> {
-    let (reply, receiver) = oneshot::channel();
+    let (reply, commit) = Commit::pending();
     writer
         .send(Job { op, reply })
         .map_err(|_| StorageError::Stopped)?;
-    Ok(Commit::pending(receiver))
+    Ok(commit)
 }
 
 /// The writer thread: groups queued jobs into one durable transaction
@@ -121,12 +121,18 @@ impl<'db> Writer<'db> {
                     Err(_) => break,
                 }
             }
+            let commit = GroupCommit::start(
+                "redb commit",
+                "acid",
+                group.iter().map(|job| &job.reply.requester),
+            );
             let outcome = self.commit_group(&group);
+            commit.finish(outcome.is_ok());
             if let Err(e) = &outcome {
                 tracing::error!(error = %e, requests = group.len(), "acid commit failed");
             }
             for job in group {
-                let _ = job.reply.send(outcome.clone());
+                job.reply.send(outcome.clone());
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Stream path patterns limiting a token to some streams.
+//! Stream path patterns: the streams a gateway token may touch, and the
+//! streams a subscription covers (PROTOCOL §6.2), under one definition.
 //!
 //! A pattern is `/`-separated segments over stream paths relative to the
 //! stream base path (`chat/room-1`): `*` matches exactly one segment, `**`
@@ -9,7 +10,7 @@
 //! Matching runs on every request and takes time proportional to path
 //! segments times pattern segments, whatever the path. Containment (one
 //! pattern covering everything another matches) bounds the patterns an
-//! admin token may hand out.
+//! admin token may hand out, and the subscriptions a token may create.
 
 use std::fmt;
 use std::str::FromStr;

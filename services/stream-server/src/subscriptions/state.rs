@@ -1,0 +1,825 @@
+//! One subscription's cursors and wake cycle (§6.1, §7, §7.3) as plain
+//! data. Every transition takes the time and the streams' tails as
+//! arguments, so the protocol's rules are tested here without I/O; the
+//! caller does the delivering, persisting and timing.
+//!
+//! A subscription is idle while it has no wake. Pending work (a linked
+//! stream whose tail is past its acknowledged offset) turns an idle
+//! subscription into a wake of the next generation; the wake ends with a
+//! `done` ack, a release, a failed webhook delivery or its lease running
+//! out, and the subscription is idle again.
+
+use crate::protocol::offset::Offset;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How a stream came to be linked (§6.1); explicit wins when both hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    Glob,
+    Explicit,
+}
+
+impl LinkType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkType::Glob => "glob",
+            LinkType::Explicit => "explicit",
+        }
+    }
+}
+
+/// One linked stream's cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub explicit: bool,
+    pub glob: bool,
+    /// Last processed offset, inclusive: the worker's next read starts here.
+    pub acked: Offset,
+}
+
+impl Link {
+    pub fn link_type(&self) -> LinkType {
+        if self.explicit {
+            LinkType::Explicit
+        } else {
+            LinkType::Glob
+        }
+    }
+}
+
+/// A linked stream as a wake or a response shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    pub path: String,
+    pub link_type: LinkType,
+    pub acked: Offset,
+    pub tail: Offset,
+    pub has_pending: bool,
+}
+
+/// How the subscription's wakes are delivered, as far as the cycle cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The lease starts when the wake is issued (§7.3).
+    Webhook,
+    /// The lease starts when a worker claims the wake (§7.2).
+    PullWake,
+}
+
+/// One wake: a generation of the subscription handed to one worker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wake {
+    pub id: String,
+    pub generation: u64,
+    /// The bearer token of the callback, ack and release requests; set
+    /// once the wake has a holder.
+    pub token: Option<String>,
+    /// The claiming worker's name (pull-wake).
+    pub holder: Option<String>,
+    /// Unix milliseconds at which the lease ends, once the wake is held.
+    pub lease_until_ms: Option<u64>,
+    /// The linked streams with pending work when the wake was handed out.
+    pub snapshot: Vec<StreamStatus>,
+}
+
+/// Without the token: a wake may be logged, its token must not be.
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wake")
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .field("holder", &self.holder)
+            .field("lease_until_ms", &self.lease_until_ms)
+            .field("streams", &self.snapshot.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wake {
+    fn is_held(&self) -> bool {
+        self.lease_until_ms.is_some()
+    }
+}
+
+/// Webhook retries after failed deliveries (§7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Failed deliveries in a row.
+    pub failures: u32,
+    /// Unix milliseconds before which no delivery is attempted.
+    pub next_attempt_ms: u64,
+}
+
+/// First and longest wait between webhook delivery attempts (§7.1), and
+/// the jitter applied to each.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+pub const RETRY_JITTER: f64 = 0.2;
+
+/// Why a claim was refused (§7.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    AlreadyClaimed {
+        holder: String,
+        generation: u64,
+    },
+    /// No wake is waiting and no linked stream has pending work.
+    NothingPending,
+}
+
+/// Why a callback, ack or release was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckError {
+    /// Token, generation or wake id is not the current wake's (§7.3).
+    Fenced,
+    /// An ack names a stream the subscription does not link.
+    NotLinked(String),
+    /// An ack is past what the stream holds.
+    PastTail { stream: String, tail: Offset },
+}
+
+/// A callback or ack that was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// The wake ended (`done`).
+    pub released: bool,
+    /// Pending work remains, so another wake follows.
+    pub next_wake: bool,
+}
+
+/// The mutable part of a subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub links: BTreeMap<String, Link>,
+    pub generation: u64,
+    pub wake: Option<Wake>,
+    pub retry: Option<Retry>,
+}
+
+impl State {
+    /// Links `path` as `link_type`; a new link starts at `at` (its tail
+    /// when linked to existing data, the stream's start when linked before
+    /// its first append). Linking an already linked stream keeps its cursor.
+    pub fn link(&mut self, path: &str, link_type: LinkType, at: Offset) {
+        let link = self.links.entry(path.to_owned()).or_insert(Link {
+            explicit: false,
+            glob: false,
+            acked: at,
+        });
+        match link_type {
+            LinkType::Explicit => link.explicit = true,
+            LinkType::Glob => link.glob = true,
+        }
+    }
+
+    /// Removes the explicit link to `path`; a glob link stays (§6.4).
+    pub fn unlink_explicit(&mut self, path: &str) {
+        if let Some(link) = self.links.get_mut(path) {
+            link.explicit = false;
+            if !link.glob {
+                self.links.remove(path);
+            }
+        }
+    }
+
+    /// Forgets `path` entirely: the stream is gone.
+    pub fn unlink(&mut self, path: &str) {
+        self.links.remove(path);
+    }
+
+    /// The linked streams with data past their cursor: what a wake lists.
+    /// A subscription may link many more streams than have pending work,
+    /// and a worker only needs these.
+    pub fn pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> Vec<StreamStatus> {
+        self.links
+            .iter()
+            .filter_map(|(path, link)| {
+                let tail = tail_of(path).filter(|tail| *tail > link.acked)?;
+                Some(StreamStatus {
+                    path: path.clone(),
+                    link_type: link.link_type(),
+                    acked: link.acked,
+                    tail,
+                    has_pending: true,
+                })
+            })
+            .collect()
+    }
+
+    /// The first linked stream with pending work, if any.
+    pub fn first_pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> Option<&str> {
+        self.links
+            .iter()
+            .find(|(path, link)| tail_of(path).is_some_and(|tail| tail > link.acked))
+            .map(|(path, _)| path.as_str())
+    }
+
+    pub fn has_pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> bool {
+        self.first_pending(tail_of).is_some()
+    }
+
+    /// Whether a webhook delivery failed and its retry is scheduled
+    /// (`status: failed`, §6.3).
+    pub fn is_failing(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// Ends a held wake whose lease has run out (§7.3); true if it did.
+    pub fn expire_lease(&mut self, now_ms: u64) -> bool {
+        let expired = self
+            .wake
+            .as_ref()
+            .and_then(|w| w.lease_until_ms)
+            .is_some_and(|until| until <= now_ms);
+        if expired {
+            self.wake = None;
+        }
+        expired
+    }
+
+    /// When the next timed transition is due: a lease's end or a retry.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let lease = self.wake.as_ref().and_then(|w| w.lease_until_ms);
+        let retry = self.retry.map(|r| r.next_attempt_ms);
+        match (lease, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Starts the next generation's wake if the subscription is idle, has
+    /// pending work and is not waiting out a retry. A webhook wake is held
+    /// from the start (its lease runs, its callback token is set); a
+    /// pull-wake wake waits for a worker's claim.
+    pub fn begin_wake(
+        &mut self,
+        mode: Mode,
+        lease: Duration,
+        now_ms: u64,
+        tail_of: impl Fn(&str) -> Option<Offset>,
+        new_id: &mut impl FnMut() -> String,
+    ) -> Option<&Wake> {
+        if self.wake.is_some()
+            || self.retry.is_some_and(|r| r.next_attempt_ms > now_ms)
+            || !self.has_pending(&tail_of)
+        {
+            return None;
+        }
+        self.generation += 1;
+        let wake = match mode {
+            Mode::Webhook => Wake {
+                id: new_id(),
+                generation: self.generation,
+                token: Some(new_id()),
+                holder: None,
+                lease_until_ms: Some(now_ms.saturating_add(millis(lease))),
+                snapshot: self.pending(&tail_of),
+            },
+            Mode::PullWake => Wake {
+                id: new_id(),
+                generation: self.generation,
+                token: None,
+                holder: None,
+                lease_until_ms: None,
+                snapshot: Vec::new(),
+            },
+        };
+        self.wake = Some(wake);
+        self.wake.as_ref()
+    }
+
+    /// A worker claims the subscription (§7.2): the waiting wake, or a new
+    /// one when work is pending but no wake was written yet.
+    pub fn claim(
+        &mut self,
+        worker: &str,
+        lease: Duration,
+        now_ms: u64,
+        tail_of: impl Fn(&str) -> Option<Offset>,
+        new_id: &mut impl FnMut() -> String,
+    ) -> Result<&Wake, ClaimError> {
+        self.expire_lease(now_ms);
+        if let Some(wake) = &self.wake
+            && wake.is_held()
+        {
+            return Err(ClaimError::AlreadyClaimed {
+                holder: wake.holder.clone().unwrap_or_default(),
+                generation: wake.generation,
+            });
+        }
+        if self.wake.is_none() {
+            self.begin_wake(Mode::PullWake, lease, now_ms, &tail_of, new_id)
+                .ok_or(ClaimError::NothingPending)?;
+        }
+        let snapshot = self.pending(&tail_of);
+        let token = new_id();
+        let wake = self.wake.as_mut().ok_or(ClaimError::NothingPending)?;
+        wake.holder = Some(worker.to_owned());
+        wake.token = Some(token);
+        wake.lease_until_ms = Some(now_ms.saturating_add(millis(lease)));
+        wake.snapshot = snapshot;
+        Ok(wake)
+    }
+
+    /// Checks that a callback, ack or release belongs to the current,
+    /// held, unexpired wake (§7.3).
+    pub fn check(
+        &mut self,
+        token: &str,
+        generation: u64,
+        wake_id: &str,
+        now_ms: u64,
+    ) -> Result<(), AckError> {
+        self.expire_lease(now_ms);
+        match &self.wake {
+            Some(wake)
+                if wake.generation == generation
+                    && wake.id == wake_id
+                    && wake
+                        .token
+                        .as_deref()
+                        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
+            {
+                Ok(())
+            }
+            _ => Err(AckError::Fenced),
+        }
+    }
+
+    /// Applies a checked callback or ack (§7.1, §7.2): cursors only move
+    /// forward; without `done` the lease is extended (the ack is a
+    /// heartbeat), with it the wake ends.
+    pub fn ack(
+        &mut self,
+        acks: &[(String, Offset)],
+        done: bool,
+        lease: Duration,
+        now_ms: u64,
+        tail_of: impl Fn(&str) -> Option<Offset>,
+    ) -> Result<AckOutcome, AckError> {
+        // All or nothing: check every ack before moving any cursor.
+        for (path, offset) in acks {
+            if !self.links.contains_key(path) {
+                return Err(AckError::NotLinked(path.clone()));
+            }
+            let tail = tail_of(path).unwrap_or(Offset::ZERO);
+            if *offset > tail {
+                return Err(AckError::PastTail {
+                    stream: path.clone(),
+                    tail,
+                });
+            }
+        }
+        for (path, offset) in acks {
+            if let Some(link) = self.links.get_mut(path) {
+                link.acked = link.acked.max(*offset);
+            }
+        }
+        if done {
+            self.wake = None;
+        } else if let Some(wake) = &mut self.wake {
+            wake.lease_until_ms = Some(now_ms.saturating_add(millis(lease)));
+        }
+        Ok(AckOutcome {
+            released: done,
+            next_wake: done && self.has_pending(&tail_of),
+        })
+    }
+
+    /// Ends the current wake without acking (§7.2 release).
+    pub fn release(&mut self) {
+        self.wake = None;
+    }
+
+    /// The webhook answered wake `wake_id` with a 2xx: the delivery
+    /// worked; with `{"done": true}` its snapshot is acked and the wake
+    /// ends (§7.1). Nothing changes if that wake already ended (a callback
+    /// can arrive before the webhook's own answer).
+    pub fn webhook_delivered(&mut self, wake_id: &str, done: bool) {
+        if self.wake.as_ref().is_none_or(|w| w.id != wake_id) {
+            return;
+        }
+        self.retry = None;
+        let Some(wake) = self.wake.take_if(|_| done) else {
+            return;
+        };
+        for status in wake.snapshot {
+            if let Some(link) = self.links.get_mut(&status.path) {
+                link.acked = link.acked.max(status.tail);
+            }
+        }
+    }
+
+    /// The webhook delivery of wake `wake_id` failed: the wake ends and the
+    /// next attempt waits, doubling from one second to a minute, each wait
+    /// moved by up to ±20 % (`jitter` in `[-1, 1]`) so that many
+    /// subscriptions failing together do not retry together.
+    /// A failure reported for a wake that already ended (its callback came
+    /// first) changes nothing.
+    pub fn webhook_failed(&mut self, wake_id: &str, now_ms: u64, jitter: f64) {
+        if self.wake.as_ref().is_none_or(|w| w.id != wake_id) {
+            return;
+        }
+        self.wake = None;
+        let failures = self.retry.map_or(0, |r| r.failures).saturating_add(1);
+        let doubled = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(16));
+        let wait =
+            doubled.min(RETRY_MAX).as_secs_f64() * (1.0 + RETRY_JITTER * jitter.clamp(-1.0, 1.0));
+        // Whole milliseconds of a wait bounded by a minute and a bit.
+        let wait_ms = (wait * 1000.0).round() as u64;
+        self.retry = Some(Retry {
+            failures,
+            next_attempt_ms: now_ms.saturating_add(wait_ms),
+        });
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn off(n: u64) -> Offset {
+        Offset::new(n, n * 10)
+    }
+
+    /// Ids `id1`, `id2`, ... in order.
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("id{n}")
+        }
+    }
+
+    struct Tails(HashMap<&'static str, Offset>);
+
+    impl Tails {
+        fn of(&self) -> impl Fn(&str) -> Option<Offset> + '_ {
+            |path| self.0.get(path).copied()
+        }
+    }
+
+    fn linked(paths: &[(&'static str, u64)]) -> (State, Tails) {
+        let mut state = State::default();
+        let mut tails = HashMap::new();
+        for (path, tail) in paths {
+            state.link(path, LinkType::Glob, off(*tail));
+            tails.insert(*path, off(*tail));
+        }
+        (state, Tails(tails))
+    }
+
+    #[test]
+    fn explicit_wins_and_removing_it_keeps_the_glob_link() {
+        let mut state = State::default();
+        state.link("a", LinkType::Glob, off(1));
+        state.link("a", LinkType::Explicit, off(5));
+        assert_eq!(state.links["a"].link_type(), LinkType::Explicit);
+        assert_eq!(state.links["a"].acked, off(1), "relinking keeps the cursor");
+        state.unlink_explicit("a");
+        assert_eq!(state.links["a"].link_type(), LinkType::Glob);
+        state.link("b", LinkType::Explicit, off(0));
+        state.unlink_explicit("b");
+        assert!(!state.links.contains_key("b"));
+        state.unlink_explicit("absent");
+    }
+
+    #[test]
+    fn no_wake_without_pending_work() {
+        let (mut state, tails) = linked(&[("a", 3)]);
+        assert!(!state.has_pending(tails.of()));
+        assert!(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids())
+                .is_none()
+        );
+        assert_eq!(state.generation, 0);
+    }
+
+    #[test]
+    fn webhook_wake_is_held_from_the_start_and_done_acks_its_snapshot() {
+        let (mut state, mut tails) = linked(&[("a", 3), ("b", 7)]);
+        tails.0.insert("a", off(4));
+        let mut ids = ids();
+        let wake = state
+            .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        assert_eq!(wake.generation, 1);
+        assert_eq!(wake.lease_until_ms, Some(31_000));
+        assert!(wake.token.is_some());
+        let a = wake.snapshot.iter().find(|s| s.path == "a").unwrap();
+        assert!(a.has_pending && a.tail == off(4) && a.acked == off(3));
+        // Busy: no second wake while one is out.
+        tails.0.insert("b", off(8));
+        assert!(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
+                .is_none()
+        );
+        // Done acks the snapshot only; b's later append is still pending.
+        state.webhook_delivered(&wake.id, true);
+        assert!(state.wake.is_none());
+        assert_eq!(state.links["a"].acked, off(4));
+        assert_eq!(state.links["b"].acked, off(7));
+        let next = state
+            .begin_wake(Mode::Webhook, LEASE, 2000, tails.of(), &mut ids)
+            .unwrap();
+        assert_eq!(next.generation, 2);
+        assert_ne!(next.id, wake.id);
+    }
+
+    #[test]
+    fn a_late_webhook_answer_does_not_touch_a_newer_wake() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let mut ids = ids();
+        let first = state
+            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        let token = first.token.clone().unwrap();
+        state.check(&token, 1, &first.id, 1).unwrap();
+        state
+            .ack(&[("a".into(), off(2))], true, LEASE, 1, tails.of())
+            .unwrap();
+        tails.0.insert("a", off(3));
+        let second = state
+            .begin_wake(Mode::Webhook, LEASE, 2, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        state.webhook_delivered(&first.id, true);
+        assert_eq!(state.wake.as_ref().map(|w| &w.id), Some(&second.id));
+        assert_eq!(state.links["a"].acked, off(2));
+    }
+
+    #[test]
+    fn callbacks_are_fenced_by_token_generation_and_wake_id() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let wake = state
+            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids())
+            .unwrap()
+            .clone();
+        let token = wake.token.clone().unwrap();
+        assert_eq!(state.check("other", 1, &wake.id, 0), Err(AckError::Fenced));
+        assert_eq!(state.check(&token, 2, &wake.id, 0), Err(AckError::Fenced));
+        assert_eq!(state.check(&token, 1, "w_other", 0), Err(AckError::Fenced));
+        assert_eq!(state.check(&token, 1, &wake.id, 0), Ok(()));
+        let outcome = state
+            .ack(&[("a".into(), off(2))], true, LEASE, 0, tails.of())
+            .unwrap();
+        assert_eq!(
+            outcome,
+            AckOutcome {
+                released: true,
+                next_wake: false
+            }
+        );
+        // The same callback again is stale.
+        assert_eq!(state.check(&token, 1, &wake.id, 0), Err(AckError::Fenced));
+    }
+
+    #[test]
+    fn acks_are_checked_whole_and_never_move_back() {
+        let (mut state, mut tails) = linked(&[("a", 1), ("b", 1)]);
+        tails.0.insert("a", off(5));
+        state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
+        let bad = state.ack(
+            &[("a".into(), off(3)), ("c".into(), off(1))],
+            false,
+            LEASE,
+            0,
+            tails.of(),
+        );
+        assert_eq!(bad, Err(AckError::NotLinked("c".into())));
+        assert_eq!(state.links["a"].acked, off(1), "nothing applied");
+        let past = state.ack(&[("a".into(), off(6))], false, LEASE, 0, tails.of());
+        assert!(matches!(past, Err(AckError::PastTail { .. })));
+        state
+            .ack(&[("a".into(), off(3))], false, LEASE, 0, tails.of())
+            .unwrap();
+        state
+            .ack(&[("a".into(), off(2))], false, LEASE, 0, tails.of())
+            .unwrap();
+        assert_eq!(state.links["a"].acked, off(3));
+    }
+
+    #[test]
+    fn an_ack_without_done_is_a_heartbeat() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
+        let outcome = state.ack(&[], false, LEASE, 20_000, tails.of()).unwrap();
+        assert!(!outcome.released);
+        assert_eq!(state.wake.as_ref().unwrap().lease_until_ms, Some(50_000));
+        assert!(!state.expire_lease(49_999));
+        assert!(state.expire_lease(50_000));
+        assert!(state.wake.is_none());
+    }
+
+    #[test]
+    fn done_with_work_left_says_a_wake_follows() {
+        let (mut state, mut tails) = linked(&[("a", 1), ("b", 1)]);
+        tails.0.insert("a", off(2));
+        tails.0.insert("b", off(2));
+        state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
+        let outcome = state
+            .ack(&[("a".into(), off(2))], true, LEASE, 0, tails.of())
+            .unwrap();
+        assert_eq!(
+            outcome,
+            AckOutcome {
+                released: true,
+                next_wake: true
+            }
+        );
+    }
+
+    #[test]
+    fn pull_wake_claims_race_and_leases_expire() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let mut ids = ids();
+        let waiting = state
+            .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        assert!(waiting.token.is_none() && waiting.lease_until_ms.is_none());
+        assert!(
+            !state.expire_lease(u64::MAX),
+            "an unclaimed wake has no lease"
+        );
+        let claimed = state
+            .claim("worker-1", LEASE, 100, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        assert_eq!(claimed.id, waiting.id);
+        assert_eq!(claimed.generation, 1);
+        assert_eq!(claimed.holder.as_deref(), Some("worker-1"));
+        assert_eq!(claimed.snapshot[0].tail, off(2));
+        assert_eq!(
+            state.claim("worker-2", LEASE, 200, tails.of(), &mut ids),
+            Err(ClaimError::AlreadyClaimed {
+                holder: "worker-1".into(),
+                generation: 1
+            })
+        );
+        // The lease runs out: worker-1 is fenced, worker-2 gets a new generation.
+        let token = claimed.token.clone().unwrap();
+        let later = 100 + 30_000;
+        assert_eq!(
+            state.check(&token, 1, &claimed.id, later),
+            Err(AckError::Fenced)
+        );
+        let next = state
+            .claim("worker-2", LEASE, later, tails.of(), &mut ids)
+            .unwrap();
+        assert_eq!(next.generation, 2);
+    }
+
+    #[test]
+    fn a_claim_with_nothing_pending_is_refused_and_one_with_work_starts_a_wake() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        assert_eq!(
+            state.claim("w", LEASE, 0, tails.of(), &mut ids()),
+            Err(ClaimError::NothingPending)
+        );
+        tails.0.insert("a", off(3));
+        let wake = state.claim("w", LEASE, 0, tails.of(), &mut ids()).unwrap();
+        assert_eq!(wake.generation, 1);
+        assert!(wake.snapshot[0].has_pending);
+    }
+
+    #[test]
+    fn release_ends_the_wake_and_pending_work_wakes_again() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let mut ids = ids();
+        state.claim("w", LEASE, 0, tails.of(), &mut ids).unwrap();
+        state.release();
+        let again = state
+            .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
+            .unwrap();
+        assert_eq!(again.generation, 2);
+    }
+
+    #[test]
+    fn failed_deliveries_back_off_from_one_second_to_a_minute() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let mut ids = ids();
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let wake = state
+                .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
+                .unwrap()
+                .clone();
+            state.webhook_failed(&wake.id, now, 0.0);
+            assert!(state.is_failing() && state.wake.is_none());
+            let next = state.retry.unwrap().next_attempt_ms;
+            assert!(
+                state
+                    .begin_wake(Mode::Webhook, LEASE, next - 1, tails.of(), &mut ids)
+                    .is_none(),
+                "no attempt before the retry time"
+            );
+            waits.push(next - now);
+            now = next;
+        }
+        assert_eq!(
+            waits,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        // Jitter stays within ±20 %.
+        for (jitter, wait) in [(1.0, 1200), (-7.0, 800)] {
+            let (mut jittered, _) = linked(&[("a", 1)]);
+            let tails = Tails(HashMap::from([("a", off(2))]));
+            let wake = jittered
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+                .unwrap()
+                .clone();
+            jittered.webhook_failed(&wake.id, 0, jitter);
+            assert_eq!(jittered.retry.unwrap().next_attempt_ms, wait);
+        }
+        // A delivery that works clears the failure.
+        let wake = state
+            .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        state.webhook_delivered(&wake.id, false);
+        assert!(!state.is_failing());
+        assert!(
+            state.wake.is_some(),
+            "not done: the wake waits for its callback"
+        );
+    }
+
+    #[test]
+    fn answers_for_an_ended_wake_change_nothing() {
+        let (mut state, mut tails) = linked(&[("a", 1)]);
+        tails.0.insert("a", off(2));
+        let mut ids = ids();
+        let wake = state
+            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        // The receiver called back with done, then its POST failed.
+        state
+            .ack(&[("a".into(), off(2))], true, LEASE, 0, tails.of())
+            .unwrap();
+        state.webhook_failed(&wake.id, 0, 0.0);
+        assert!(!state.is_failing(), "no backoff for a wake that was done");
+        // A late success does not clear the failure of a newer wake.
+        tails.0.insert("a", off(3));
+        let newer = state
+            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+            .unwrap()
+            .clone();
+        state.webhook_failed(&newer.id, 0, 0.0);
+        state.webhook_delivered(&wake.id, true);
+        assert!(state.is_failing());
+        assert!(!format!("{newer:?}").contains(newer.token.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_earlier_of_lease_and_retry() {
+        let mut state = State::default();
+        assert_eq!(state.next_deadline_ms(), None);
+        state.retry = Some(Retry {
+            failures: 1,
+            next_attempt_ms: 500,
+        });
+        assert_eq!(state.next_deadline_ms(), Some(500));
+        state.wake = Some(Wake {
+            id: "w".into(),
+            generation: 1,
+            token: None,
+            holder: None,
+            lease_until_ms: Some(300),
+            snapshot: Vec::new(),
+        });
+        assert_eq!(state.next_deadline_ms(), Some(300));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,159 @@
+//! One live subscription: its fixed record, its [`State`] behind a short
+//! lock, the flag appends read to know whether a wake is out, and the
+//! notification that wakes its driver.
+//!
+//! Transitions happen under the state lock and are then persisted in the
+//! order they were made: each save takes its snapshot of the state while
+//! holding the save lock, so a later transition's save never lands before
+//! an earlier one's.
+
+use super::SubscriptionError;
+use super::spec::{Delivery, Spec};
+use super::state::{Mode, State};
+use super::store::{Changes, Record, SubscriptionStore};
+use parking_lot::Mutex;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub record: Record,
+    state: Mutex<State>,
+    /// Links made or changed outside a request (new streams matching the
+    /// pattern, removed streams) that the driver has yet to persist.
+    unsaved_links: Mutex<BTreeSet<String>>,
+    /// Whether a wake is out; read by every append to a linked stream.
+    busy: AtomicBool,
+    /// Wakes the driver: new data, a wake ended, links to save.
+    pub(super) notify: Notify,
+    save_order: tokio::sync::Mutex<()>,
+    /// Cancelled when the subscription is deleted or the server stops.
+    pub(super) ended: CancellationToken,
+}
+
+impl Subscription {
+    pub fn new(record: Record, state: State, ended: CancellationToken) -> Subscription {
+        let busy = state.wake.is_some();
+        Subscription {
+            record,
+            state: Mutex::new(state),
+            unsaved_links: Mutex::new(BTreeSet::new()),
+            busy: AtomicBool::new(busy),
+            notify: Notify::new(),
+            save_order: tokio::sync::Mutex::new(()),
+            ended,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.record.spec
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.spec().delivery {
+            Delivery::Webhook { .. } => Mode::Webhook,
+            Delivery::PullWake { .. } => Mode::PullWake,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    /// Runs `transition` on the state under its lock, then updates the
+    /// busy flag from it.
+    pub fn with_state<T>(&self, transition: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock();
+        let result = transition(&mut state);
+        self.busy.store(state.wake.is_some(), Ordering::SeqCst);
+        // Pairs with the fence in `poke`: a wake ending here and an append
+        // landing meanwhile cannot both miss each other (the driver, told
+        // after this, reads the append's tail).
+        fence(Ordering::SeqCst);
+        result
+    }
+
+    /// Called after new data of a linked stream became visible: wakes the
+    /// driver unless a wake is out (its end looks for pending work again).
+    pub fn poke(&self) {
+        fence(Ordering::SeqCst);
+        if !self.busy.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Notes links the driver must persist, and wakes it.
+    pub fn links_changed(&self, paths: impl IntoIterator<Item = String>) {
+        self.unsaved_links.lock().extend(paths);
+        self.notify.notify_one();
+    }
+
+    pub(super) fn take_unsaved_links(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.unsaved_links.lock())
+    }
+
+    /// Persists the state's wake cycle and the named links as they are now
+    /// (a link no longer held is removed). Refused once deleted, so that a
+    /// request racing a `DELETE` stores nothing.
+    pub async fn persist(
+        &self,
+        store: &Arc<SubscriptionStore>,
+        cycle: bool,
+        links: Vec<String>,
+    ) -> Result<(), SubscriptionError> {
+        if !cycle && links.is_empty() {
+            return Ok(());
+        }
+        let _order = self.save_order.lock().await;
+        if self.is_deleted() {
+            return Err(SubscriptionError::NotFound);
+        }
+        // Only what is saved: the cycle and the named links, not every link.
+        let snapshot = {
+            let state = self.state.lock();
+            State {
+                links: links
+                    .iter()
+                    .filter_map(|path| state.links.get(path).map(|l| (path.clone(), l.clone())))
+                    .collect(),
+                generation: state.generation,
+                wake: state.wake.clone(),
+                retry: state.retry,
+            }
+        };
+        let store = Arc::clone(store);
+        let id = self.id().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let changes = Changes {
+                cycle,
+                links: links.iter().map(String::as_str).collect(),
+            };
+            store.save(&id, &snapshot, &changes)
+        })
+        .await
+        .map_err(|_| SubscriptionError::Unavailable)??;
+        Ok(())
+    }
+
+    /// Removes the subscription's rows, after any save in progress (so
+    /// none lands after the removal).
+    pub async fn remove_from(
+        &self,
+        store: &Arc<SubscriptionStore>,
+    ) -> Result<(), SubscriptionError> {
+        let _order = self.save_order.lock().await;
+        let store = Arc::clone(store);
+        let id = self.id().to_owned();
+        tokio::task::spawn_blocking(move || store.remove(&id))
+            .await
+            .map_err(|_| SubscriptionError::Unavailable)??;
+        Ok(())
+    }
+}
