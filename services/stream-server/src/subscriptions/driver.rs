@@ -71,11 +71,9 @@ async fn step(
                 &mut new_secret,
             )
             .cloned();
-        let first_pending = wake.as_ref().and_then(|_| {
-            state
-                .first_pending(|path| streams.tail(path))
-                .map(str::to_owned)
-        });
+        let first_pending = wake
+            .as_ref()
+            .and_then(|_| state.first_pending(|path| streams.tail(path)));
         (expired, wake, first_pending)
     });
     if expired {

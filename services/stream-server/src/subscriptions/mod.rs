@@ -476,29 +476,17 @@ impl Subscriptions {
     fn stream_appended(&self, path: &str) {
         if let Some(subs) = self.by_stream.get(path) {
             for sub in subs.iter() {
-                sub.poke();
+                sub.poke(path);
             }
         }
     }
 
-    /// A removed stream's glob links go; explicit ones stay, from the
-    /// start of whatever stream is created at the path next.
     fn stream_removed(&self, path: &str) {
         let Some(subs) = self.by_stream.get(path).map(|s| s.clone()) else {
             return;
         };
         for sub in subs {
-            let still_linked = sub.with_state(|state| match state.links.get_mut(path) {
-                Some(link) if link.explicit => {
-                    link.glob = false;
-                    link.acked = Offset::ZERO;
-                    true
-                }
-                _ => {
-                    state.unlink(path);
-                    false
-                }
-            });
+            let still_linked = sub.with_state(|state| state.stream_removed(path));
             if !still_linked {
                 self.unindex(path, &sub);
             }

@@ -8,9 +8,15 @@
 //! subscription into a wake of the next generation; the wake ends with a
 //! `done` ack, a release, a failed webhook delivery or its lease running
 //! out, and the subscription is idle again.
+//!
+//! A subscription may link far more streams than have pending work, so
+//! the state keeps the few that may: every new link, and every stream an
+//! append is reported for ([`State::appended`]). Looking for pending work
+//! reads only those and forgets the ones found caught up, so it costs what
+//! is pending, not what is linked.
 
 use crate::protocol::offset::Offset;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How a stream came to be linked (§6.1); explicit wins when both hold.
@@ -155,6 +161,9 @@ pub struct State {
     pub generation: u64,
     pub wake: Option<Wake>,
     pub retry: Option<Retry>,
+    /// Linked streams that may have data past their cursor; every other
+    /// link is known to be caught up.
+    maybe_pending: BTreeSet<String>,
 }
 
 impl State {
@@ -171,6 +180,53 @@ impl State {
             LinkType::Explicit => link.explicit = true,
             LinkType::Glob => link.glob = true,
         }
+        self.maybe_pending.insert(path.to_owned());
+    }
+
+    /// Puts back a stored link, as it was saved.
+    pub fn restore_link(&mut self, path: &str, link: Link) {
+        self.links.insert(path.to_owned(), link);
+        self.maybe_pending.insert(path.to_owned());
+    }
+
+    /// What one save stores: the wake cycle and the links named (those
+    /// still held).
+    pub fn saved_part(&self, paths: &[String]) -> State {
+        State {
+            links: paths
+                .iter()
+                .filter_map(|path| self.links.get(path).map(|l| (path.clone(), l.clone())))
+                .collect(),
+            generation: self.generation,
+            wake: self.wake.clone(),
+            retry: self.retry,
+            maybe_pending: BTreeSet::new(),
+        }
+    }
+
+    /// Notes that the linked stream `path` has new data; nothing if it is
+    /// not linked.
+    pub fn appended(&mut self, path: &str) {
+        if self.links.contains_key(path) && !self.maybe_pending.contains(path) {
+            self.maybe_pending.insert(path.to_owned());
+        }
+    }
+
+    /// The stream at `path` was removed: its glob link goes; an explicit
+    /// one stays, from the start of whatever stream is created there next.
+    /// True if the stream is still linked.
+    pub fn stream_removed(&mut self, path: &str) -> bool {
+        match self.links.get_mut(path) {
+            Some(link) if link.explicit => {
+                link.glob = false;
+                link.acked = Offset::ZERO;
+                true
+            }
+            _ => {
+                self.unlink(path);
+                false
+            }
+        }
     }
 
     /// Removes the explicit link to `path`; a glob link stays (§6.4).
@@ -178,7 +234,7 @@ impl State {
         if let Some(link) = self.links.get_mut(path) {
             link.explicit = false;
             if !link.glob {
-                self.links.remove(path);
+                self.unlink(path);
             }
         }
     }
@@ -186,37 +242,46 @@ impl State {
     /// Forgets `path` entirely: the stream is gone.
     pub fn unlink(&mut self, path: &str) {
         self.links.remove(path);
+        self.maybe_pending.remove(path);
     }
 
-    /// The linked streams with data past their cursor: what a wake lists.
-    /// A subscription may link many more streams than have pending work,
-    /// and a worker only needs these.
-    pub fn pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> Vec<StreamStatus> {
-        self.links
-            .iter()
-            .filter_map(|(path, link)| {
-                let tail = tail_of(path).filter(|tail| *tail > link.acked)?;
-                Some(StreamStatus {
-                    path: path.clone(),
-                    link_type: link.link_type(),
-                    acked: link.acked,
-                    tail,
-                    has_pending: true,
-                })
-            })
-            .collect()
+    /// The linked streams with data past their cursor, in path order:
+    /// what a wake lists. Streams found caught up (or gone) are forgotten
+    /// until an append is reported for them again.
+    pub fn pending(&mut self, tail_of: impl Fn(&str) -> Option<Offset>) -> Vec<StreamStatus> {
+        let links = &self.links;
+        let mut pending = Vec::new();
+        self.maybe_pending.retain(|path| {
+            let Some(link) = links.get(path) else {
+                return false;
+            };
+            match tail_of(path) {
+                Some(tail) if tail > link.acked => {
+                    pending.push(StreamStatus {
+                        path: path.clone(),
+                        link_type: link.link_type(),
+                        acked: link.acked,
+                        tail,
+                        has_pending: true,
+                    });
+                    true
+                }
+                _ => false,
+            }
+        });
+        pending
     }
 
     /// The first linked stream with pending work, if any.
-    pub fn first_pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> Option<&str> {
-        self.links
-            .iter()
-            .find(|(path, link)| tail_of(path).is_some_and(|tail| tail > link.acked))
-            .map(|(path, _)| path.as_str())
+    pub fn first_pending(&mut self, tail_of: impl Fn(&str) -> Option<Offset>) -> Option<String> {
+        self.pending(tail_of)
+            .into_iter()
+            .next()
+            .map(|status| status.path)
     }
 
-    pub fn has_pending(&self, tail_of: impl Fn(&str) -> Option<Offset>) -> bool {
-        self.first_pending(tail_of).is_some()
+    pub fn has_pending(&mut self, tail_of: impl Fn(&str) -> Option<Offset>) -> bool {
+        !self.pending(tail_of).is_empty()
     }
 
     /// Whether a webhook delivery failed and its retry is scheduled
@@ -470,6 +535,12 @@ mod tests {
         fn of(&self) -> impl Fn(&str) -> Option<Offset> + '_ {
             |path| self.0.get(path).copied()
         }
+
+        /// Moves `path`'s tail and reports the append, as the registry does.
+        fn append(&mut self, state: &mut State, path: &'static str, tail: Offset) {
+            self.0.insert(path, tail);
+            state.appended(path);
+        }
     }
 
     fn linked(paths: &[(&'static str, u64)]) -> (State, Tails) {
@@ -512,7 +583,7 @@ mod tests {
     #[test]
     fn webhook_wake_is_held_from_the_start_and_done_acks_its_snapshot() {
         let (mut state, mut tails) = linked(&[("a", 3), ("b", 7)]);
-        tails.0.insert("a", off(4));
+        tails.append(&mut state, "a", off(4));
         let mut ids = ids();
         let wake = state
             .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
@@ -524,7 +595,7 @@ mod tests {
         let a = wake.snapshot.iter().find(|s| s.path == "a").unwrap();
         assert!(a.has_pending && a.tail == off(4) && a.acked == off(3));
         // Busy: no second wake while one is out.
-        tails.0.insert("b", off(8));
+        tails.append(&mut state, "b", off(8));
         assert!(
             state
                 .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
@@ -545,7 +616,7 @@ mod tests {
     #[test]
     fn a_late_webhook_answer_does_not_touch_a_newer_wake() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let mut ids = ids();
         let first = state
             .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
@@ -556,7 +627,7 @@ mod tests {
         state
             .ack(&[("a".into(), off(2))], true, LEASE, 1, tails.of())
             .unwrap();
-        tails.0.insert("a", off(3));
+        tails.append(&mut state, "a", off(3));
         let second = state
             .begin_wake(Mode::Webhook, LEASE, 2, tails.of(), &mut ids)
             .unwrap()
@@ -569,7 +640,7 @@ mod tests {
     #[test]
     fn callbacks_are_fenced_by_token_generation_and_wake_id() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let wake = state
             .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids())
             .unwrap()
@@ -596,7 +667,7 @@ mod tests {
     #[test]
     fn acks_are_checked_whole_and_never_move_back() {
         let (mut state, mut tails) = linked(&[("a", 1), ("b", 1)]);
-        tails.0.insert("a", off(5));
+        tails.append(&mut state, "a", off(5));
         state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
         let bad = state.ack(
             &[("a".into(), off(3)), ("c".into(), off(1))],
@@ -621,7 +692,7 @@ mod tests {
     #[test]
     fn an_ack_without_done_is_a_heartbeat() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
         let outcome = state.ack(&[], false, LEASE, 20_000, tails.of()).unwrap();
         assert!(!outcome.released);
@@ -634,8 +705,8 @@ mod tests {
     #[test]
     fn done_with_work_left_says_a_wake_follows() {
         let (mut state, mut tails) = linked(&[("a", 1), ("b", 1)]);
-        tails.0.insert("a", off(2));
-        tails.0.insert("b", off(2));
+        tails.append(&mut state, "a", off(2));
+        tails.append(&mut state, "b", off(2));
         state.begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids());
         let outcome = state
             .ack(&[("a".into(), off(2))], true, LEASE, 0, tails.of())
@@ -652,7 +723,7 @@ mod tests {
     #[test]
     fn pull_wake_claims_race_and_leases_expire() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let mut ids = ids();
         let waiting = state
             .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
@@ -698,7 +769,7 @@ mod tests {
             state.claim("w", LEASE, 0, tails.of(), &mut ids()),
             Err(ClaimError::NothingPending)
         );
-        tails.0.insert("a", off(3));
+        tails.append(&mut state, "a", off(3));
         let wake = state.claim("w", LEASE, 0, tails.of(), &mut ids()).unwrap();
         assert_eq!(wake.generation, 1);
         assert!(wake.snapshot[0].has_pending);
@@ -707,7 +778,7 @@ mod tests {
     #[test]
     fn release_ends_the_wake_and_pending_work_wakes_again() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let mut ids = ids();
         state.claim("w", LEASE, 0, tails.of(), &mut ids).unwrap();
         state.release();
@@ -720,7 +791,7 @@ mod tests {
     #[test]
     fn failed_deliveries_back_off_from_one_second_to_a_minute() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let mut ids = ids();
         let mut now = 0;
         let mut waits = Vec::new();
@@ -772,7 +843,7 @@ mod tests {
     #[test]
     fn answers_for_an_ended_wake_change_nothing() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
-        tails.0.insert("a", off(2));
+        tails.append(&mut state, "a", off(2));
         let mut ids = ids();
         let wake = state
             .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
@@ -785,7 +856,7 @@ mod tests {
         state.webhook_failed(&wake.id, 0, 0.0);
         assert!(!state.is_failing(), "no backoff for a wake that was done");
         // A late success does not clear the failure of a newer wake.
-        tails.0.insert("a", off(3));
+        tails.append(&mut state, "a", off(3));
         let newer = state
             .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
             .unwrap()
@@ -821,5 +892,62 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn caught_up_links_are_looked_at_again_only_after_an_append() {
+        let (mut state, mut tails) = linked(&[("a", 3), ("b", 3), ("c", 3)]);
+        assert!(state.pending(tails.of()).is_empty());
+        // An append that was not reported is not seen: the registry reports
+        // every append to a linked stream, so the look is never repeated.
+        tails.0.insert("a", off(4));
+        assert!(state.pending(tails.of()).is_empty());
+        tails.append(&mut state, "b", off(5));
+        let pending = state.pending(tails.of());
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].path.as_str(), pending[0].tail), ("b", off(5)));
+        // Still pending until acked up to its tail, then forgotten.
+        assert_eq!(state.first_pending(tails.of()).as_deref(), Some("b"));
+        state.links.get_mut("b").unwrap().acked = off(5);
+        assert!(!state.has_pending(tails.of()));
+        assert!(state.maybe_pending.is_empty());
+    }
+
+    #[test]
+    fn appends_to_unlinked_streams_are_ignored_and_unlinking_forgets() {
+        let (mut state, tails) = linked(&[("a", 3)]);
+        state.appended("elsewhere");
+        assert!(!state.maybe_pending.contains("elsewhere"));
+        state.appended("a");
+        state.unlink("a");
+        assert!(state.maybe_pending.is_empty());
+        assert!(state.pending(tails.of()).is_empty());
+        // A stored link is looked at after a restart.
+        state.restore_link(
+            "a",
+            Link {
+                explicit: true,
+                glob: false,
+                acked: off(1),
+            },
+        );
+        assert_eq!(state.first_pending(tails.of()).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_removed_stream_keeps_only_its_explicit_link_from_the_start() {
+        let mut state = State::default();
+        state.link("glob", LinkType::Glob, off(4));
+        state.link("both", LinkType::Glob, off(4));
+        state.link("both", LinkType::Explicit, off(4));
+        assert!(!state.stream_removed("glob"));
+        assert!(state.stream_removed("both"));
+        assert!(!state.links.contains_key("glob"));
+        assert_eq!(state.links["both"].link_type(), LinkType::Explicit);
+        assert_eq!(state.links["both"].acked, Offset::ZERO);
+        // The next stream at the path: its first append is pending work.
+        let mut tails = Tails(HashMap::new());
+        tails.append(&mut state, "both", off(1));
+        assert_eq!(state.first_pending(tails.of()).as_deref(), Some("both"));
     }
 }

@@ -518,7 +518,7 @@ impl SubscriptionStore {
                 .ok_or_else(|| corrupt(id, format!("link to {path:?} without a subscription")))?;
             let link =
                 decode_link(value.value()).map_err(|e| corrupt(id, format!("{path:?}: {e}")))?;
-            state.links.insert(path.to_owned(), link);
+            state.restore_link(path, link);
         }
         loaded
             .into_iter()

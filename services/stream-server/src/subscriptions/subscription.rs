@@ -12,7 +12,7 @@ use super::spec::{Delivery, Spec};
 use super::state::{Mode, State};
 use super::store::{Changes, Record, SubscriptionStore};
 use parking_lot::Mutex;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use tokio::sync::Notify;
@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Subscription {
     pub record: Record,
     state: Mutex<State>,
+    /// Linked streams with new data since the state last looked (appends
+    /// do not wait on the state lock); folded into the state before each
+    /// transition.
+    appended: Mutex<HashSet<String>>,
     /// Links made or changed outside a request (new streams matching the
     /// pattern, removed streams) that the driver has yet to persist.
     unsaved_links: Mutex<BTreeSet<String>>,
@@ -40,6 +44,7 @@ impl Subscription {
         Subscription {
             record,
             state: Mutex::new(state),
+            appended: Mutex::new(HashSet::new()),
             unsaved_links: Mutex::new(BTreeSet::new()),
             busy: AtomicBool::new(busy),
             notify: Notify::new(),
@@ -67,10 +72,14 @@ impl Subscription {
         self.ended.is_cancelled()
     }
 
-    /// Runs `transition` on the state under its lock, then updates the
-    /// busy flag from it.
+    /// Runs `transition` on the state under its lock, with the appends
+    /// reported so far, then updates the busy flag from it.
     pub fn with_state<T>(&self, transition: impl FnOnce(&mut State) -> T) -> T {
         let mut state = self.state.lock();
+        let appended = std::mem::take(&mut *self.appended.lock());
+        for path in &appended {
+            state.appended(path);
+        }
         let result = transition(&mut state);
         self.busy.store(state.wake.is_some(), Ordering::SeqCst);
         // Pairs with the fence in `poke`: a wake ending here and an append
@@ -80,9 +89,16 @@ impl Subscription {
         result
     }
 
-    /// Called after new data of a linked stream became visible: wakes the
-    /// driver unless a wake is out (its end looks for pending work again).
-    pub fn poke(&self) {
+    /// Called after new data of the linked stream `path` became visible:
+    /// notes the stream and wakes the driver unless a wake is out (its end
+    /// looks for pending work again).
+    pub fn poke(&self, path: &str) {
+        {
+            let mut appended = self.appended.lock();
+            if !appended.contains(path) {
+                appended.insert(path.to_owned());
+            }
+        }
         fence(Ordering::SeqCst);
         if !self.busy.load(Ordering::SeqCst) {
             self.notify.notify_one();
@@ -116,18 +132,7 @@ impl Subscription {
             return Err(SubscriptionError::NotFound);
         }
         // Only what is saved: the cycle and the named links, not every link.
-        let snapshot = {
-            let state = self.state.lock();
-            State {
-                links: links
-                    .iter()
-                    .filter_map(|path| state.links.get(path).map(|l| (path.clone(), l.clone())))
-                    .collect(),
-                generation: state.generation,
-                wake: state.wake.clone(),
-                retry: state.retry,
-            }
-        };
+        let snapshot = self.state.lock().saved_part(&links);
         let store = Arc::clone(store);
         let id = self.id().to_owned();
         tokio::task::spawn_blocking(move || {
