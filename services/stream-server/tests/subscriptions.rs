@@ -1193,9 +1193,55 @@ async fn subscriptions_survive_restart(mode: &'static str) {
     )
     .await;
     assert_eq!(acked(&api.view("keep").await, "keep/old"), new_tail);
+
+    // Generation 2 is held across another restart: its token still
+    // answers, though the data directory never held it.
+    let token = wake["token"].as_str().expect("token").to_owned();
+    server.kill9();
+    let files = files_under(scratch.root.path());
+    assert!(!files.is_empty());
+    for (path, bytes) in &files {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds a wake token",
+            path.display()
+        );
+    }
+    let server = Process::start(&mut scratch).await;
+    let response = server
+        .api
+        .ack(
+            "keep",
+            &token,
+            &ack_body(&wake, &[("keep/born", &born_tail)], true),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        acked(&server.api.view("keep").await, "keep/born"),
+        born_tail
+    );
 }
 
 in_persistent_modes!(subscriptions_survive_restart);
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read the scratch directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read a data file");
+                files.push((path, bytes));
+            }
+        }
+    }
+    files
+}
 
 #[tokio::test]
 async fn memory_mode_keeps_nothing_across_a_restart() {

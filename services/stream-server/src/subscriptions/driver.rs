@@ -8,7 +8,7 @@
 //! subscription costs nothing.
 
 use super::spec::Delivery;
-use super::state::Wake;
+use super::state::{HandedOut, Wake};
 use super::subscription::Subscription;
 use super::{SubscriptionError, Subscriptions, new_secret, now_ms, wire};
 use crate::streams::AppendRequest;
@@ -62,15 +62,13 @@ async fn step(
     let streams = &registry.streams;
     let (expired, wake, first_pending) = sub.with_state(|state| {
         let expired = state.expire_lease(now);
-        let wake = state
-            .begin_wake(
-                sub.mode(),
-                lease,
-                now,
-                |path| streams.tail(path),
-                &mut new_secret,
-            )
-            .cloned();
+        let wake = state.begin_wake(
+            sub.mode(),
+            lease,
+            now,
+            |path| streams.tail(path),
+            &mut new_secret,
+        );
         let first_pending = wake
             .as_ref()
             .and_then(|_| state.first_pending(|path| streams.tail(path)));
@@ -81,17 +79,17 @@ async fn step(
     }
     sub.persist(&registry.store, expired || wake.is_some(), links)
         .await?;
-    let Some(wake) = wake else {
+    let Some(handed) = wake else {
         return Ok(false);
     };
     match &sub.spec().delivery {
         Delivery::Webhook { url } => {
-            deliver(registry, sub, url, &wake).await?;
+            deliver(registry, sub, url, &handed).await?;
             Ok(true)
         }
         Delivery::PullWake { wake_stream } => {
             let stream = first_pending.unwrap_or_default();
-            write_wake_event(registry, sub, wake_stream, &stream, &wake).await;
+            write_wake_event(registry, sub, wake_stream, &stream, &handed.wake).await;
             Ok(false)
         }
     }
@@ -103,13 +101,14 @@ async fn deliver(
     registry: &Subscriptions,
     sub: &Arc<Subscription>,
     url: &str,
-    wake: &Wake,
+    handed: &HandedOut,
 ) -> Result<(), SubscriptionError> {
+    let wake = &handed.wake;
     let callback = registry.control_url(
         &registry.origin(),
         &format!("subscriptions/{}/callback", sub.id()),
     );
-    let body = wire::webhook_body(sub.id(), wake, &callback).to_string();
+    let body = wire::webhook_body(sub.id(), handed, &callback).to_string();
     let signature = registry
         .signing
         .signature_header(now_ms() / 1000, body.as_bytes());

@@ -386,17 +386,15 @@ impl Subscriptions {
         }
         let lease = sub.spec().lease_ttl;
         let claimed = sub.with_state(|state| {
-            state
-                .claim(
-                    &body.worker,
-                    lease,
-                    now_ms(),
-                    |path| self.streams.tail(path),
-                    &mut new_secret,
-                )
-                .cloned()
+            state.claim(
+                &body.worker,
+                lease,
+                now_ms(),
+                |path| self.streams.tail(path),
+                &mut new_secret,
+            )
         });
-        let wake = match claimed {
+        let handed = match claimed {
             Ok(wake) => wake,
             Err(state::ClaimError::AlreadyClaimed { holder, generation }) => {
                 return Err(SubscriptionError::AlreadyClaimed { holder, generation });
@@ -409,7 +407,7 @@ impl Subscriptions {
         // The driver sleeps until the deadline it saw last, and an unclaimed
         // wake has none: told, it wakes when this lease ends (§7.3).
         sub.notify.notify_one();
-        Ok(wire::claim_view(&wake, sub.spec().lease_ttl_ms()))
+        Ok(wire::claim_view(&handed, sub.spec().lease_ttl_ms()))
     }
 
     /// A webhook callback (§7.1) or a pull-wake ack (§7.2): applies the

@@ -78,9 +78,9 @@ pub enum Mode {
 pub struct Wake {
     pub id: String,
     pub generation: u64,
-    /// The bearer token of the callback, ack and release requests; set
-    /// once the wake has a holder.
-    pub token: Option<String>,
+    /// The digest of the bearer token of the callback, ack and release
+    /// requests; set once the wake has a holder.
+    pub token: Option<TokenDigest>,
     /// The claiming worker's name (pull-wake).
     pub holder: Option<String>,
     /// Unix milliseconds at which the lease ends, once the wake is held.
@@ -99,6 +99,67 @@ impl std::fmt::Debug for Wake {
             .field("lease_until_ms", &self.lease_until_ms)
             .field("streams", &self.snapshot.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A wake as it is handed out: the wake and, once it has a holder, the
+/// bearer token its holder answers with. Only the token's digest stays in
+/// the state (and in the store), so a copy of the store's file holds no
+/// live credentials.
+#[derive(Clone)]
+pub struct HandedOut {
+    pub wake: Wake,
+    pub token: Option<String>,
+}
+
+/// Without the token.
+impl std::fmt::Debug for HandedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedOut")
+            .field("wake", &self.wake)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 of a wake's bearer token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> TokenDigest {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        TokenDigest(bytes)
+    }
+
+    /// Whether `token` is the one digested, in time that does not depend
+    /// on where they differ.
+    pub fn matches(&self, token: &str) -> bool {
+        constant_time_eq(&self.0, &TokenDigest::of(token).0)
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<TokenDigest> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(TokenDigest(bytes))
+    }
+}
+
+/// Not printed: no log needs a token's digest.
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
     }
 }
 
@@ -324,7 +385,7 @@ impl State {
         now_ms: u64,
         tail_of: impl Fn(&str) -> Option<Offset>,
         new_id: &mut impl FnMut() -> String,
-    ) -> Option<&Wake> {
+    ) -> Option<HandedOut> {
         if self.wake.is_some()
             || self.retry.is_some_and(|r| r.next_attempt_ms > now_ms)
             || !self.has_pending(&tail_of)
@@ -332,11 +393,15 @@ impl State {
             return None;
         }
         self.generation += 1;
+        let token = match mode {
+            Mode::Webhook => Some(new_id()),
+            Mode::PullWake => None,
+        };
         let wake = match mode {
             Mode::Webhook => Wake {
                 id: new_id(),
                 generation: self.generation,
-                token: Some(new_id()),
+                token: token.as_deref().map(TokenDigest::of),
                 holder: None,
                 lease_until_ms: Some(now_ms.saturating_add(millis(lease))),
                 snapshot: self.pending(&tail_of),
@@ -350,8 +415,8 @@ impl State {
                 snapshot: Vec::new(),
             },
         };
-        self.wake = Some(wake);
-        self.wake.as_ref()
+        self.wake = Some(wake.clone());
+        Some(HandedOut { wake, token })
     }
 
     /// A worker claims the subscription (§7.2): the waiting wake, or a new
@@ -363,7 +428,7 @@ impl State {
         now_ms: u64,
         tail_of: impl Fn(&str) -> Option<Offset>,
         new_id: &mut impl FnMut() -> String,
-    ) -> Result<&Wake, ClaimError> {
+    ) -> Result<HandedOut, ClaimError> {
         self.expire_lease(now_ms);
         if let Some(wake) = &self.wake
             && wake.is_held()
@@ -381,10 +446,13 @@ impl State {
         let token = new_id();
         let wake = self.wake.as_mut().ok_or(ClaimError::NothingPending)?;
         wake.holder = Some(worker.to_owned());
-        wake.token = Some(token);
+        wake.token = Some(TokenDigest::of(&token));
         wake.lease_until_ms = Some(now_ms.saturating_add(millis(lease)));
         wake.snapshot = snapshot;
-        Ok(wake)
+        Ok(HandedOut {
+            wake: wake.clone(),
+            token: Some(token),
+        })
     }
 
     /// Checks that a callback, ack or release belongs to the current,
@@ -401,10 +469,7 @@ impl State {
             Some(wake)
                 if wake.generation == generation
                     && wake.id == wake_id
-                    && wake
-                        .token
-                        .as_deref()
-                        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
+                    && wake.token.as_ref().is_some_and(|t| t.matches(token)) =>
             {
                 Ok(())
             }
@@ -520,6 +585,11 @@ mod tests {
         Offset::new(n, n * 10)
     }
 
+    /// A handed-out wake and its bearer token.
+    fn parts(handed: HandedOut) -> (Wake, Option<String>) {
+        (handed.wake, handed.token)
+    }
+
     /// Ids `id1`, `id2`, ... in order.
     fn ids() -> impl FnMut() -> String {
         let mut n = 0;
@@ -585,13 +655,17 @@ mod tests {
         let (mut state, mut tails) = linked(&[("a", 3), ("b", 7)]);
         tails.append(&mut state, "a", off(4));
         let mut ids = ids();
-        let wake = state
-            .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (wake, wake_token) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 1000, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert_eq!(wake.generation, 1);
         assert_eq!(wake.lease_until_ms, Some(31_000));
-        assert!(wake.token.is_some());
+        // The state keeps the token's digest; the token goes out once.
+        let token = wake_token.unwrap();
+        assert!(wake.token.as_ref().is_some_and(|d| d.matches(&token)));
+        assert_eq!(state.wake.as_ref().unwrap().token, wake.token);
         let a = wake.snapshot.iter().find(|s| s.path == "a").unwrap();
         assert!(a.has_pending && a.tail == off(4) && a.acked == off(3));
         // Busy: no second wake while one is out.
@@ -606,9 +680,11 @@ mod tests {
         assert!(state.wake.is_none());
         assert_eq!(state.links["a"].acked, off(4));
         assert_eq!(state.links["b"].acked, off(7));
-        let next = state
-            .begin_wake(Mode::Webhook, LEASE, 2000, tails.of(), &mut ids)
-            .unwrap();
+        let (next, _) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 2000, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert_eq!(next.generation, 2);
         assert_ne!(next.id, wake.id);
     }
@@ -618,20 +694,22 @@ mod tests {
         let (mut state, mut tails) = linked(&[("a", 1)]);
         tails.append(&mut state, "a", off(2));
         let mut ids = ids();
-        let first = state
-            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
-        let token = first.token.clone().unwrap();
+        let (first, first_token) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+                .unwrap(),
+        );
+        let token = first_token.clone().unwrap();
         state.check(&token, 1, &first.id, 1).unwrap();
         state
             .ack(&[("a".into(), off(2))], true, LEASE, 1, tails.of())
             .unwrap();
         tails.append(&mut state, "a", off(3));
-        let second = state
-            .begin_wake(Mode::Webhook, LEASE, 2, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (second, _) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 2, tails.of(), &mut ids)
+                .unwrap(),
+        );
         state.webhook_delivered(&first.id, true);
         assert_eq!(state.wake.as_ref().map(|w| &w.id), Some(&second.id));
         assert_eq!(state.links["a"].acked, off(2));
@@ -641,11 +719,12 @@ mod tests {
     fn callbacks_are_fenced_by_token_generation_and_wake_id() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
         tails.append(&mut state, "a", off(2));
-        let wake = state
-            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids())
-            .unwrap()
-            .clone();
-        let token = wake.token.clone().unwrap();
+        let (wake, wake_token) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids())
+                .unwrap(),
+        );
+        let token = wake_token.clone().unwrap();
         assert_eq!(state.check("other", 1, &wake.id, 0), Err(AckError::Fenced));
         assert_eq!(state.check(&token, 2, &wake.id, 0), Err(AckError::Fenced));
         assert_eq!(state.check(&token, 1, "w_other", 0), Err(AckError::Fenced));
@@ -725,40 +804,47 @@ mod tests {
         let (mut state, mut tails) = linked(&[("a", 1)]);
         tails.append(&mut state, "a", off(2));
         let mut ids = ids();
-        let waiting = state
-            .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (waiting, waiting_token) = parts(
+            state
+                .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert!(waiting.token.is_none() && waiting.lease_until_ms.is_none());
+        assert!(waiting_token.is_none(), "no token before a claim");
         assert!(
             !state.expire_lease(u64::MAX),
             "an unclaimed wake has no lease"
         );
-        let claimed = state
-            .claim("worker-1", LEASE, 100, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (claimed, claimed_token) = parts(
+            state
+                .claim("worker-1", LEASE, 100, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert_eq!(claimed.id, waiting.id);
         assert_eq!(claimed.generation, 1);
         assert_eq!(claimed.holder.as_deref(), Some("worker-1"));
         assert_eq!(claimed.snapshot[0].tail, off(2));
         assert_eq!(
-            state.claim("worker-2", LEASE, 200, tails.of(), &mut ids),
-            Err(ClaimError::AlreadyClaimed {
+            state
+                .claim("worker-2", LEASE, 200, tails.of(), &mut ids)
+                .err(),
+            Some(ClaimError::AlreadyClaimed {
                 holder: "worker-1".into(),
                 generation: 1
             })
         );
         // The lease runs out: worker-1 is fenced, worker-2 gets a new generation.
-        let token = claimed.token.clone().unwrap();
+        let token = claimed_token.clone().unwrap();
         let later = 100 + 30_000;
         assert_eq!(
             state.check(&token, 1, &claimed.id, later),
             Err(AckError::Fenced)
         );
-        let next = state
-            .claim("worker-2", LEASE, later, tails.of(), &mut ids)
-            .unwrap();
+        let (next, _) = parts(
+            state
+                .claim("worker-2", LEASE, later, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert_eq!(next.generation, 2);
     }
 
@@ -766,11 +852,13 @@ mod tests {
     fn a_claim_with_nothing_pending_is_refused_and_one_with_work_starts_a_wake() {
         let (mut state, mut tails) = linked(&[("a", 1)]);
         assert_eq!(
-            state.claim("w", LEASE, 0, tails.of(), &mut ids()),
-            Err(ClaimError::NothingPending)
+            state.claim("w", LEASE, 0, tails.of(), &mut ids()).err(),
+            Some(ClaimError::NothingPending)
         );
         tails.append(&mut state, "a", off(3));
-        let wake = state.claim("w", LEASE, 0, tails.of(), &mut ids()).unwrap();
+        let handed = state.claim("w", LEASE, 0, tails.of(), &mut ids()).unwrap();
+        assert!(handed.token.is_some());
+        let wake = handed.wake;
         assert_eq!(wake.generation, 1);
         assert!(wake.snapshot[0].has_pending);
     }
@@ -782,9 +870,11 @@ mod tests {
         let mut ids = ids();
         state.claim("w", LEASE, 0, tails.of(), &mut ids).unwrap();
         state.release();
-        let again = state
-            .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
-            .unwrap();
+        let (again, _) = parts(
+            state
+                .begin_wake(Mode::PullWake, LEASE, 0, tails.of(), &mut ids)
+                .unwrap(),
+        );
         assert_eq!(again.generation, 2);
     }
 
@@ -796,10 +886,11 @@ mod tests {
         let mut now = 0;
         let mut waits = Vec::new();
         for _ in 0..9 {
-            let wake = state
-                .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
-                .unwrap()
-                .clone();
+            let (wake, _) = parts(
+                state
+                    .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
+                    .unwrap(),
+            );
             state.webhook_failed(&wake.id, now, 0.0);
             assert!(state.is_failing() && state.wake.is_none());
             let next = state.retry.unwrap().next_attempt_ms;
@@ -823,15 +914,16 @@ mod tests {
             let wake = jittered
                 .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
                 .unwrap()
-                .clone();
+                .wake;
             jittered.webhook_failed(&wake.id, 0, jitter);
             assert_eq!(jittered.retry.unwrap().next_attempt_ms, wait);
         }
         // A delivery that works clears the failure.
-        let wake = state
-            .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (wake, _) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, now, tails.of(), &mut ids)
+                .unwrap(),
+        );
         state.webhook_delivered(&wake.id, false);
         assert!(!state.is_failing());
         assert!(
@@ -845,10 +937,11 @@ mod tests {
         let (mut state, mut tails) = linked(&[("a", 1)]);
         tails.append(&mut state, "a", off(2));
         let mut ids = ids();
-        let wake = state
-            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (wake, _) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+                .unwrap(),
+        );
         // The receiver called back with done, then its POST failed.
         state
             .ack(&[("a".into(), off(2))], true, LEASE, 0, tails.of())
@@ -857,14 +950,15 @@ mod tests {
         assert!(!state.is_failing(), "no backoff for a wake that was done");
         // A late success does not clear the failure of a newer wake.
         tails.append(&mut state, "a", off(3));
-        let newer = state
-            .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
-            .unwrap()
-            .clone();
+        let (newer, newer_token) = parts(
+            state
+                .begin_wake(Mode::Webhook, LEASE, 0, tails.of(), &mut ids)
+                .unwrap(),
+        );
         state.webhook_failed(&newer.id, 0, 0.0);
         state.webhook_delivered(&wake.id, true);
         assert!(state.is_failing());
-        assert!(!format!("{newer:?}").contains(newer.token.as_deref().unwrap()));
+        assert!(!format!("{newer:?}").contains(newer_token.as_deref().unwrap()));
     }
 
     #[test]

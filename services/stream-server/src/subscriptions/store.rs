@@ -11,8 +11,9 @@
 //! * `subscriptions`: id → JSON [`Record`] (the spec, its hash, the creation
 //!   time), written once, when the subscription is created. The spec is
 //!   stored as its canonical JSON.
-//! * `cycles`: id → JSON generation, current wake (without its snapshot)
-//!   and retry schedule: the small part that changes with every wake.
+//! * `cycles`: id → JSON generation, current wake (without its snapshot,
+//!   and with the SHA-256 of its bearer token rather than the token) and
+//!   retry schedule: the small part that changes with every wake.
 //! * `links`: (id, stream path) → one flags byte and the acknowledged
 //!   offset as its 33-character token.
 //! * `meta`: `format` → the version of this layout.
@@ -43,7 +44,7 @@
 //! caller's to keep (its per-subscription lock).
 
 use super::spec::Spec;
-use super::state::{Link, Retry, State, Wake};
+use super::state::{Link, Retry, State, TokenDigest, Wake};
 use crate::protocol::offset::Offset;
 use redb::backends::InMemoryBackend;
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
@@ -224,6 +225,12 @@ struct CycleRow {
 struct WakeRow {
     id: String,
     generation: u64,
+    /// The hex SHA-256 of the wake's bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<String>,
+    /// The token itself, as rows written before tokens were digested hold
+    /// it; read, digested, never written.
+    #[serde(default, skip_serializing)]
     token: Option<String>,
     holder: Option<String>,
     lease_until_ms: Option<u64>,
@@ -251,7 +258,8 @@ impl CycleRow {
             wake: state.wake.as_ref().map(|w| WakeRow {
                 id: w.id.clone(),
                 generation: w.generation,
-                token: w.token.clone(),
+                token_sha256: w.token.as_ref().map(TokenDigest::to_hex),
+                token: None,
                 holder: w.holder.clone(),
                 lease_until_ms: w.lease_until_ms,
             }),
@@ -263,20 +271,32 @@ impl CycleRow {
     }
 
     /// Sets `state`'s generation, wake and retry from this row.
-    fn restore(self, state: &mut State) {
+    fn restore(self, id: &str, state: &mut State) -> Result<(), StoreError> {
         state.generation = self.generation;
-        state.wake = self.wake.map(|w| Wake {
-            id: w.id,
-            generation: w.generation,
-            token: w.token,
-            holder: w.holder,
-            lease_until_ms: w.lease_until_ms,
-            snapshot: Vec::new(),
-        });
+        state.wake = match self.wake {
+            None => None,
+            Some(w) => {
+                let token = match (w.token_sha256, w.token) {
+                    (Some(hex), _) => Some(TokenDigest::from_hex(&hex).ok_or_else(|| {
+                        corrupt(id, "the wake's token digest is not hex SHA-256")
+                    })?),
+                    (None, plain) => plain.as_deref().map(TokenDigest::of),
+                };
+                Some(Wake {
+                    id: w.id,
+                    generation: w.generation,
+                    token,
+                    holder: w.holder,
+                    lease_until_ms: w.lease_until_ms,
+                    snapshot: Vec::new(),
+                })
+            }
+        };
         state.retry = self.retry.map(|r| Retry {
             failures: r.failures,
             next_attempt_ms: r.next_attempt_ms,
         });
+        Ok(())
     }
 }
 
@@ -507,7 +527,7 @@ impl SubscriptionStore {
             let (_, state, has_cycle) = loaded
                 .get_mut(id)
                 .ok_or_else(|| corrupt(id, "wake state without a subscription"))?;
-            decode_row::<CycleRow>(id, "cycle", value.value())?.restore(state);
+            decode_row::<CycleRow>(id, "cycle", value.value())?.restore(id, state)?;
             *has_cycle = true;
         }
         for row in txn.open_table(LINKS)?.iter()? {
@@ -582,7 +602,7 @@ mod tests {
         state.wake = Some(Wake {
             id: "w_7".into(),
             generation: 7,
-            token: Some("secret".into()),
+            token: Some(TokenDigest::of("secret")),
             holder: Some("worker-1".into()),
             lease_until_ms: Some(1_778_324_240_000),
             snapshot: Vec::new(),
@@ -629,6 +649,50 @@ mod tests {
         assert!(back.links["manual/a"].glob);
         assert_eq!(loaded[1].0.id, "sub-2");
         assert_eq!(loaded[1].1, State::default());
+    }
+
+    #[test]
+    fn wake_tokens_are_stored_as_digests_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "wake-token-Zq81xT0pLr";
+        let mut state = busy_state();
+        if let Some(wake) = &mut state.wake {
+            wake.token = Some(TokenDigest::of(token));
+        }
+        {
+            let store = SubscriptionStore::open(Some(dir.path())).unwrap();
+            store.create(&record("s"), &state).unwrap();
+        }
+        let file = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        let contains = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(token.as_bytes()), "the token is in the file");
+        assert!(contains(TokenDigest::of(token).to_hex().as_bytes()));
+        let store = SubscriptionStore::open(Some(dir.path())).unwrap();
+        let (_, back) = &store.load_all().unwrap()[0];
+        let digest = back.wake.as_ref().and_then(|w| w.token.as_ref()).unwrap();
+        assert!(digest.matches(token));
+        assert!(!digest.matches("wake-token-Zq81xT0pLs"));
+    }
+
+    #[test]
+    fn a_row_with_the_token_itself_is_read_and_digested() {
+        let store = SubscriptionStore::open(None).unwrap();
+        store.create(&record("s"), &State::default()).unwrap();
+        put_raw(
+            &store,
+            CYCLES,
+            "s",
+            br#"{"v":1,"generation":3,"wake":{"id":"w_3","generation":3,"token":"plain-token","holder":"w1","lease_until_ms":5},"retry":null}"#,
+        );
+        let (_, back) = &store.load_all().unwrap()[0];
+        let wake = back.wake.as_ref().unwrap();
+        assert!(wake.token.as_ref().unwrap().matches("plain-token"));
+        // Saved again, it is written as a digest.
+        let row = serde_json::to_string(&CycleRow::of(back)).unwrap();
+        assert!(
+            !row.contains("plain-token") && row.contains("token_sha256"),
+            "{row}"
+        );
     }
 
     #[test]
@@ -757,7 +821,7 @@ mod tests {
     #[test]
     fn corrupt_rows_are_errors_naming_the_subscription() {
         type Corruption = (&'static str, fn(&SubscriptionStore));
-        let corruptions: [Corruption; 7] = [
+        let corruptions: [Corruption; 8] = [
             ("not json", |s| put_raw(s, SUBSCRIPTIONS, "s", b"{")),
             ("bad spec", |s| {
                 put_raw(
@@ -771,6 +835,14 @@ mod tests {
             ("cycle of nobody", |s| {
                 let row = serde_json::to_vec(&CycleRow::of(&State::default())).unwrap();
                 put_raw(s, CYCLES, "nobody", &row)
+            }),
+            ("bad token digest", |s| {
+                put_raw(
+                    s,
+                    CYCLES,
+                    "s",
+                    br#"{"v":1,"generation":1,"wake":{"id":"w","generation":1,"token_sha256":"zz","holder":null,"lease_until_ms":null},"retry":null}"#,
+                )
             }),
             ("bad flags", |s| {
                 put_raw_link(s, "s", "events/a", &[4, b'0'])

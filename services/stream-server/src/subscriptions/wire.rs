@@ -2,7 +2,7 @@
 //! (subscription views, webhook bodies, claims, wake events) and the
 //! bodies of callbacks, acks, claims and releases it reads.
 
-use super::state::{Link, StreamStatus, Wake};
+use super::state::{HandedOut, Link, StreamStatus};
 use crate::protocol::offset::Offset;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,23 +28,25 @@ pub fn status_view(status: &StreamStatus) -> Value {
 }
 
 /// The body POSTed to a webhook (§7.1).
-pub fn webhook_body(id: &str, wake: &Wake, callback_url: &str) -> Value {
+pub fn webhook_body(id: &str, handed: &HandedOut, callback_url: &str) -> Value {
+    let wake = &handed.wake;
     json!({
         "subscription_id": id,
         "wake_id": wake.id,
         "generation": wake.generation,
         "streams": wake.snapshot.iter().map(status_view).collect::<Vec<_>>(),
         "callback_url": callback_url,
-        "callback_token": wake.token,
+        "callback_token": handed.token,
     })
 }
 
 /// A successful claim (§7.2).
-pub fn claim_view(wake: &Wake, lease_ttl_ms: u64) -> Value {
+pub fn claim_view(handed: &HandedOut, lease_ttl_ms: u64) -> Value {
+    let wake = &handed.wake;
     json!({
         "wake_id": wake.id,
         "generation": wake.generation,
-        "token": wake.token,
+        "token": handed.token,
         "streams": wake.snapshot.iter().map(status_view).collect::<Vec<_>>(),
         "lease_ttl_ms": lease_ttl_ms,
     })
