@@ -204,33 +204,28 @@ impl Subscriptions {
         ));
         self.by_id.insert(id.to_owned(), Arc::clone(&sub));
         let spec = sub.spec();
-        let mut linked = Vec::new();
+        // Linked and indexed under the state lock: a wake cannot look at a
+        // link before appends to its stream reach the subscription.
         sub.with_state(|state| {
             for (path, tail) in self.streams.tails() {
                 if spec.pattern_matches(&path) {
                     state.link(&path, LinkType::Glob, tail);
-                    linked.push(path);
+                    self.index(&path, &sub);
                 }
             }
             for path in &spec.streams {
                 let at = self.streams.tail(path).unwrap_or(Offset::ZERO);
                 state.link(path, LinkType::Explicit, at);
-                linked.push(path.clone());
+                self.index(path, &sub);
             }
         });
-        for path in &linked {
-            self.index(path, &sub);
-        }
         let store = Arc::clone(&self.store);
         let record = sub.record.clone();
         let state = sub.with_state(|state| state.clone());
         if let Err(error) = blocking(move || store.create(&record, &state)).await {
             self.by_id.remove(id);
             sub.ended.cancel();
-            let paths: Vec<String> = sub.with_state(|state| state.links.keys().cloned().collect());
-            for path in &paths {
-                self.unindex(path, &sub);
-            }
+            self.unindex_all(&sub);
             return Err(error);
         }
         tokio::spawn(driver::run(Arc::clone(self), Arc::clone(&sub)));
@@ -254,11 +249,24 @@ impl Subscriptions {
         sub
     }
 
+    /// Lists `sub` under `path`, so appends to the stream reach it. Called
+    /// under the subscription's state lock, together with the link change
+    /// it follows (the lock order is state, then index).
     fn index(&self, path: &str, sub: &Arc<Subscription>) {
         let mut subs = self.by_stream.entry(path.to_owned()).or_default();
         if !subs.iter().any(|s| Arc::ptr_eq(s, sub)) {
             subs.push(Arc::clone(sub));
         }
+    }
+
+    /// Removes every link of a subscription that is being deleted from the
+    /// index.
+    fn unindex_all(&self, sub: &Arc<Subscription>) {
+        sub.with_state(|state| {
+            for path in state.links.keys() {
+                self.unindex(path, sub);
+            }
+        });
     }
 
     fn unindex(&self, path: &str, sub: &Arc<Subscription>) {
@@ -328,10 +336,7 @@ impl Subscriptions {
         let _control = self.control.lock().await;
         let (_, sub) = self.by_id.remove(id).ok_or(SubscriptionError::NotFound)?;
         sub.ended.cancel();
-        let paths: Vec<String> = sub.with_state(|state| state.links.keys().cloned().collect());
-        for path in &paths {
-            self.unindex(path, &sub);
-        }
+        self.unindex_all(&sub);
         sub.remove_from(&self.store).await
     }
 
@@ -348,11 +353,9 @@ impl Subscriptions {
             for path in &paths {
                 let at = self.streams.tail(path).unwrap_or(Offset::ZERO);
                 state.link(path, LinkType::Explicit, at);
+                self.index(path, &sub);
             }
         });
-        for path in &paths {
-            self.index(path, &sub);
-        }
         sub.persist(&self.store, false, paths.into_iter().collect())
             .await
     }
@@ -361,13 +364,12 @@ impl Subscriptions {
     pub async fn remove_stream(&self, id: &str, path: &str) -> Result<(), SubscriptionError> {
         let sub = self.existing(id)?;
         spec::check_stream_path(path, self.settings.path_limits)?;
-        let unlinked = sub.with_state(|state| {
+        sub.with_state(|state| {
             state.unlink_explicit(path);
-            !state.links.contains_key(path)
+            if !state.links.contains_key(path) {
+                self.unindex(path, &sub);
+            }
         });
-        if unlinked {
-            self.unindex(path, &sub);
-        }
         sub.persist(&self.store, false, vec![path.to_owned()]).await
     }
 
@@ -464,8 +466,10 @@ impl Subscriptions {
         for entry in &self.by_id {
             let sub = entry.value();
             if sub.spec().pattern_matches(path) {
-                sub.with_state(|state| state.link(path, LinkType::Glob, start));
-                self.index(path, sub);
+                sub.with_state(|state| {
+                    state.link(path, LinkType::Glob, start);
+                    self.index(path, sub);
+                });
                 sub.links_changed([path.clone()]);
             }
         }
@@ -484,10 +488,11 @@ impl Subscriptions {
             return;
         };
         for sub in subs {
-            let still_linked = sub.with_state(|state| state.stream_removed(path));
-            if !still_linked {
-                self.unindex(path, &sub);
-            }
+            sub.with_state(|state| {
+                if !state.stream_removed(path) {
+                    self.unindex(path, &sub);
+                }
+            });
             sub.links_changed([path.to_owned()]);
         }
     }

@@ -122,8 +122,17 @@ impl std::fmt::Debug for HandedOut {
 }
 
 /// The SHA-256 of a wake's bearer token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct TokenDigest([u8; 32]);
+
+/// Compared in constant time, like the tokens themselves.
+impl PartialEq for TokenDigest {
+    fn eq(&self, other: &TokenDigest) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TokenDigest {}
 
 impl TokenDigest {
     pub fn of(token: &str) -> TokenDigest {
@@ -143,14 +152,21 @@ impl TokenDigest {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Reads what [`TokenDigest::to_hex`] wrote: 64 lowercase hex digits.
     pub fn from_hex(hex: &str) -> Option<TokenDigest> {
-        if hex.len() != 64 || !hex.is_ascii() {
+        fn digit(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        if hex.len() != 64 {
             return None;
         }
         let mut bytes = [0; 32];
-        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks(2)) {
-            let pair = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(pair, 16).ok()?;
+        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
         }
         Some(TokenDigest(bytes))
     }
@@ -1043,5 +1059,18 @@ mod tests {
         let mut tails = Tails(HashMap::new());
         tails.append(&mut state, "both", off(1));
         assert_eq!(state.first_pending(tails.of()).as_deref(), Some("both"));
+    }
+
+    #[test]
+    fn token_digests_read_back_only_as_written() {
+        let digest = TokenDigest::of("a-token");
+        let hex = digest.to_hex();
+        assert_eq!(TokenDigest::from_hex(&hex), Some(digest.clone()));
+        assert!(TokenDigest::from_hex(&hex.to_uppercase()).is_none());
+        assert!(TokenDigest::from_hex(&hex[..62]).is_none());
+        assert!(TokenDigest::from_hex(&format!("+{}", &hex[1..])).is_none());
+        assert!(TokenDigest::from_hex(&format!("{}é", &hex[..62])).is_none());
+        assert_ne!(TokenDigest::of("a-tokem"), digest);
+        assert!(!format!("{digest:?}").contains(&hex[..8]));
     }
 }

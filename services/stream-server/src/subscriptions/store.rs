@@ -226,12 +226,7 @@ struct WakeRow {
     id: String,
     generation: u64,
     /// The hex SHA-256 of the wake's bearer token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     token_sha256: Option<String>,
-    /// The token itself, as rows written before tokens were digested hold
-    /// it; read, digested, never written.
-    #[serde(default, skip_serializing)]
-    token: Option<String>,
     holder: Option<String>,
     lease_until_ms: Option<u64>,
 }
@@ -259,7 +254,6 @@ impl CycleRow {
                 id: w.id.clone(),
                 generation: w.generation,
                 token_sha256: w.token.as_ref().map(TokenDigest::to_hex),
-                token: None,
                 holder: w.holder.clone(),
                 lease_until_ms: w.lease_until_ms,
             }),
@@ -276,11 +270,11 @@ impl CycleRow {
         state.wake = match self.wake {
             None => None,
             Some(w) => {
-                let token = match (w.token_sha256, w.token) {
-                    (Some(hex), _) => Some(TokenDigest::from_hex(&hex).ok_or_else(|| {
+                let token = match w.token_sha256 {
+                    Some(hex) => Some(TokenDigest::from_hex(&hex).ok_or_else(|| {
                         corrupt(id, "the wake's token digest is not hex SHA-256")
                     })?),
-                    (None, plain) => plain.as_deref().map(TokenDigest::of),
+                    None => None,
                 };
                 Some(Wake {
                     id: w.id,
@@ -672,27 +666,6 @@ mod tests {
         let digest = back.wake.as_ref().and_then(|w| w.token.as_ref()).unwrap();
         assert!(digest.matches(token));
         assert!(!digest.matches("wake-token-Zq81xT0pLs"));
-    }
-
-    #[test]
-    fn a_row_with_the_token_itself_is_read_and_digested() {
-        let store = SubscriptionStore::open(None).unwrap();
-        store.create(&record("s"), &State::default()).unwrap();
-        put_raw(
-            &store,
-            CYCLES,
-            "s",
-            br#"{"v":1,"generation":3,"wake":{"id":"w_3","generation":3,"token":"plain-token","holder":"w1","lease_until_ms":5},"retry":null}"#,
-        );
-        let (_, back) = &store.load_all().unwrap()[0];
-        let wake = back.wake.as_ref().unwrap();
-        assert!(wake.token.as_ref().unwrap().matches("plain-token"));
-        // Saved again, it is written as a digest.
-        let row = serde_json::to_string(&CycleRow::of(back)).unwrap();
-        assert!(
-            !row.contains("plain-token") && row.contains("token_sha256"),
-            "{row}"
-        );
     }
 
     #[test]

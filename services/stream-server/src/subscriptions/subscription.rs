@@ -81,11 +81,15 @@ impl Subscription {
             state.appended(path);
         }
         let result = transition(&mut state);
-        self.busy.store(state.wake.is_some(), Ordering::SeqCst);
-        // Pairs with the fence in `poke`: a wake ending here and an append
-        // landing meanwhile cannot both miss each other (the driver, told
-        // after this, reads the append's tail).
+        let busy = state.wake.is_some();
+        self.busy.store(busy, Ordering::SeqCst);
+        // Pairs with the fence in `poke`: an append reported while this
+        // transition ran either sees the flag cleared and wakes the driver,
+        // or is seen here and wakes it from here.
         fence(Ordering::SeqCst);
+        if !busy && !self.appended.lock().is_empty() {
+            self.notify.notify_one();
+        }
         result
     }
 
@@ -160,5 +164,70 @@ impl Subscription {
             .await
             .map_err(|_| SubscriptionError::Unavailable)??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::offset::Offset;
+    use crate::subscriptions::state::{LinkType, Wake};
+    use futures_util::FutureExt as _;
+    use service_common::stream_path::PathLimits;
+
+    fn pull_wake() -> Subscription {
+        let spec = Spec::parse(
+            br#"{"type":"pull-wake","pattern":"jobs/*","wake_stream":"wakes"}"#,
+            PathLimits::default(),
+        )
+        .unwrap();
+        let mut state = State::default();
+        state.link("jobs/a", LinkType::Glob, Offset::ZERO);
+        state.wake = Some(Wake {
+            id: "w_1".into(),
+            generation: 1,
+            token: None,
+            holder: None,
+            lease_until_ms: None,
+            snapshot: Vec::new(),
+        });
+        Subscription::new(
+            Record::new("s".into(), spec, 0),
+            state,
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn an_append_reported_while_a_wake_ends_wakes_the_driver() {
+        let sub = pull_wake();
+        // The append lands while the transition that ends the wake runs
+        // (here a lease running out inside the driver's own step, after
+        // which no caller notifies): it saw a wake out and did not notify,
+        // so the transition's end must.
+        sub.with_state(|state| {
+            sub.poke("jobs/a");
+            state.wake = None;
+        });
+        assert!(sub.notify.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn an_append_while_a_wake_is_out_waits_for_the_wake() {
+        let sub = pull_wake();
+        sub.poke("jobs/a");
+        assert!(sub.notify.notified().now_or_never().is_none());
+    }
+
+    #[test]
+    fn an_idle_subscription_is_woken_by_the_append_itself() {
+        let sub = pull_wake();
+        sub.with_state(|state| state.wake = None);
+        assert!(sub.notify.notified().now_or_never().is_none());
+        sub.poke("jobs/a");
+        assert!(sub.notify.notified().now_or_never().is_some());
+        // Folded into the state by the next transition: nothing left over.
+        sub.with_state(|_| ());
+        assert!(sub.notify.notified().now_or_never().is_none());
     }
 }
