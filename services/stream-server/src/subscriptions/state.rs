@@ -402,10 +402,11 @@ impl State {
         tail_of: impl Fn(&str) -> Option<Offset>,
         new_id: &mut impl FnMut() -> String,
     ) -> Option<HandedOut> {
-        if self.wake.is_some()
-            || self.retry.is_some_and(|r| r.next_attempt_ms > now_ms)
-            || !self.has_pending(&tail_of)
-        {
+        if self.wake.is_some() || self.retry.is_some_and(|r| r.next_attempt_ms > now_ms) {
+            return None;
+        }
+        let pending = self.pending(&tail_of);
+        if pending.is_empty() {
             return None;
         }
         self.generation += 1;
@@ -420,7 +421,7 @@ impl State {
                 token: token.as_deref().map(TokenDigest::of),
                 holder: None,
                 lease_until_ms: Some(now_ms.saturating_add(millis(lease))),
-                snapshot: self.pending(&tail_of),
+                snapshot: pending,
             },
             Mode::PullWake => Wake {
                 id: new_id(),
